@@ -1,0 +1,262 @@
+//! Publishing on a channel: assembling `basic.publish` + header + body frames into a message,
+//! routing it, enqueueing it, and the publisher-confirm and mandatory-return bookkeeping.
+
+use std::sync::Arc;
+
+use amqp_codec::protocol::{AMQPClass, basic};
+use amqp_codec::{ContentHeader, Publish, encode};
+use bytes::{Bytes, BytesMut};
+
+use super::{Channel, ChannelContext};
+use crate::error::{ProtocolError, ProtocolResult, ReplyCode};
+use crate::exchange::Exchange;
+use crate::message::Message;
+
+/// Where the channel is in receiving a message's frames.
+#[derive(Debug, Default)]
+pub enum ContentState {
+    #[default]
+    Idle,
+    AwaitingHeader(Publish),
+    AwaitingBody {
+        publish: Publish,
+        header: ContentHeader,
+        body: Body,
+    },
+}
+
+/// Body frames received so far. A body that arrives in one frame is kept as that frame's
+/// `Bytes` (no copy); only multi-frame bodies are joined.
+#[derive(Debug, Default)]
+pub enum Body {
+    #[default]
+    Empty,
+    Single(Bytes),
+    Joined(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::Single(b) => b.len(),
+            Body::Joined(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes, expected: usize) {
+        *self = match std::mem::take(self) {
+            Body::Empty => Body::Single(chunk),
+            Body::Single(first) => {
+                let mut joined = BytesMut::with_capacity(expected);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                Body::Joined(joined)
+            }
+            Body::Joined(mut joined) => {
+                joined.extend_from_slice(&chunk);
+                Body::Joined(joined)
+            }
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::Single(b) => b,
+            Body::Joined(b) => b.freeze(),
+        }
+    }
+}
+
+/// Publisher-confirm state (`confirm.select`).
+#[derive(Debug, Default)]
+pub struct Confirms {
+    /// Sequence number the next publish gets.
+    next_seq: u64,
+    /// Highest sequence number ready to be confirmed.
+    ready_up_to: u64,
+    /// Highest sequence number already confirmed.
+    sent_up_to: u64,
+}
+
+impl Confirms {
+    pub fn new() -> Self {
+        Self {
+            next_seq: 1,
+            ready_up_to: 0,
+            sent_up_to: 0,
+        }
+    }
+}
+
+impl Channel {
+    pub(super) fn on_publish(&mut self, publish: Publish) -> ProtocolResult {
+        if publish.immediate {
+            return Err(ProtocolError::not_implemented("immediate=true"));
+        }
+        self.content = ContentState::AwaitingHeader(publish);
+        Ok(())
+    }
+
+    pub(super) fn on_header(
+        &mut self,
+        header: ContentHeader,
+        ctx: &mut ChannelContext<'_>,
+    ) -> ProtocolResult {
+        let ContentState::AwaitingHeader(publish) = std::mem::take(&mut self.content) else {
+            return Err(ProtocolError::unexpected_frame(format!(
+                "expected method frame, got non method frame instead on channel {}",
+                self.id
+            )));
+        };
+        if header.class_id != 60 {
+            return Err(ProtocolError::unexpected_frame(format!(
+                "content header for class {} on channel {}",
+                header.class_id, self.id
+            )));
+        }
+        if header.body_size > ctx.max_message_size {
+            return Err(ProtocolError::precondition_failed(format!(
+                "message size {} is larger than configured max size {}",
+                header.body_size, ctx.max_message_size
+            ))
+            .on((60, 40)));
+        }
+        if header.body_size == 0 {
+            return self.complete_publish(publish, header, Bytes::new(), ctx);
+        }
+        self.content = ContentState::AwaitingBody {
+            publish,
+            header,
+            body: Body::Empty,
+        };
+        Ok(())
+    }
+
+    pub(super) fn on_body(&mut self, chunk: Bytes, ctx: &mut ChannelContext<'_>) -> ProtocolResult {
+        let ContentState::AwaitingBody {
+            publish,
+            header,
+            mut body,
+        } = std::mem::take(&mut self.content)
+        else {
+            return Err(ProtocolError::unexpected_frame(format!(
+                "expected method frame, got non method frame instead on channel {}",
+                self.id
+            )));
+        };
+        let expected = header.body_size as usize;
+        if body.len() + chunk.len() > expected {
+            return Err(ProtocolError::unexpected_frame(format!(
+                "content body larger than the declared {expected} bytes on channel {}",
+                self.id
+            )));
+        }
+        body.push(chunk, expected);
+        if body.len() < expected {
+            self.content = ContentState::AwaitingBody {
+                publish,
+                header,
+                body,
+            };
+            return Ok(());
+        }
+        self.complete_publish(publish, header, body.freeze(), ctx)
+    }
+
+    fn complete_publish(
+        &mut self,
+        publish: Publish,
+        header: ContentHeader,
+        body: Bytes,
+        ctx: &mut ChannelContext<'_>,
+    ) -> ProtocolResult {
+        let name = String::from_utf8_lossy(&publish.exchange);
+        let exchange = ctx
+            .vhost
+            .existing_exchange(&name)
+            .map_err(|e| e.on((60, 40)))?;
+        if exchange.settings.internal {
+            return Err(ProtocolError::access_refused(format!(
+                "cannot publish to internal exchange '{name}' in vhost '{}'",
+                ctx.vhost.name
+            ))
+            .on((60, 40)));
+        }
+        let message = Arc::new(Message {
+            exchange: publish.exchange,
+            routing_key: publish.routing_key,
+            properties: header.properties,
+            body,
+        });
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((exchange, message, publish.mandatory));
+            return Ok(());
+        }
+        self.route_and_enqueue(&exchange, message, publish.mandatory, ctx);
+        Ok(())
+    }
+
+    /// Routes a complete message, enqueues it, and records its confirm.
+    pub(super) fn route_and_enqueue(
+        &mut self,
+        exchange: &Arc<Exchange>,
+        message: Arc<Message>,
+        mandatory: bool,
+        ctx: &mut ChannelContext<'_>,
+    ) {
+        *ctx.published = true;
+        ctx.vhost.route(
+            exchange,
+            &message.routing_key,
+            &message.properties,
+            &mut self.route_scratch,
+            &mut self.route_out,
+        );
+        if self.route_out.is_empty() {
+            if mandatory {
+                self.send_return(&message, ReplyCode::NoRoute, ctx);
+            }
+        } else {
+            for queue in self.route_out.drain(..) {
+                queue.publish(Arc::clone(&message));
+            }
+        }
+        if let Some(confirms) = &mut self.confirms {
+            confirms.ready_up_to = confirms.next_seq;
+            confirms.next_seq += 1;
+        }
+    }
+
+    fn send_return(&self, message: &Message, code: ReplyCode, ctx: &mut ChannelContext<'_>) {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+            reply_code: code.code(),
+            reply_text: code.name().into(),
+            exchange: String::from_utf8_lossy(&message.exchange).as_ref().into(),
+            routing_key: String::from_utf8_lossy(&message.routing_key)
+                .as_ref()
+                .into(),
+        }));
+        encode::method(ctx.out, self.id, &method);
+        encode::content(
+            ctx.out,
+            self.id,
+            &message.properties,
+            &message.body,
+            ctx.frame_max,
+        );
+    }
+
+    /// Writes one `basic.ack` (multiple) covering every publish confirmed since the last
+    /// call: a burst of publishes costs one confirm frame.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if let Some(confirms) = &mut self.confirms
+            && confirms.ready_up_to > confirms.sent_up_to
+        {
+            let multiple = confirms.ready_up_to - confirms.sent_up_to > 1;
+            encode::ack(out, self.id, confirms.ready_up_to, multiple);
+            confirms.sent_up_to = confirms.ready_up_to;
+        }
+    }
+}

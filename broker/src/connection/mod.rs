@@ -1,0 +1,576 @@
+//! One client connection: the "reader" of RabbitMQ's split. It owns the socket's read side,
+//! the frame codec, heartbeats, tune limits and the channel table, and turns protocol errors
+//! into close frames in one place ([`Connection::close_with`]).
+//!
+//! One task runs the connection: it reads a batch of frames, handles all of them, drains the
+//! deliveries queues left in its outbox, pumps queues whose consumers got credit back, and
+//! hands everything it wrote to the writer task in one piece.
+
+mod handshake;
+pub mod outbox;
+mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amqp_codec::protocol::{AMQPClass, basic, channel, connection};
+use amqp_codec::{Frame, FrameDecoder, Method, encode};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::channel::{Channel, ChannelContext};
+use crate::error::{ProtocolError, ReplyCode};
+use crate::queue::{ConnectionId, Queue};
+use crate::server::BrokerState;
+use crate::vhost::VHost;
+use handshake::{ClientCapabilities, HandshakeError};
+use outbox::{Outbox, OutboxItem};
+use writer::WriterMsg;
+
+/// Bytes read per socket read at most; also the initial read buffer size.
+const READ_BUFFER: usize = 64 * 1024;
+/// How long a peer may take to answer our `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// RabbitMQ's handshake timeout.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum ChannelSlot {
+    Open(Box<Channel>),
+    /// We sent `channel.close` and wait for `close-ok`; other frames are dropped.
+    Closing,
+}
+
+/// Why the main loop ended.
+enum Exit {
+    /// The client closed with `connection.close`; close-ok is written.
+    ClientClosed,
+    /// A hard error or a shutdown: send `connection.close` with this.
+    Error(ProtocolError),
+    PeerGone,
+    HeartbeatTimeout,
+}
+
+pub struct Connection {
+    id: ConnectionId,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    read: OwnedReadHalf,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    /// Frames written since the last flush.
+    out: BytesMut,
+    writer: mpsc::Sender<WriterMsg>,
+    outbox: Arc<Outbox>,
+    outbox_items: Vec<OutboxItem>,
+    channels: HashMap<u16, ChannelSlot>,
+    exclusive_queues: Vec<Arc<Queue>>,
+    to_pump: Vec<Arc<Queue>>,
+    /// Has this connection published? Only publishers are blocked by resource alarms.
+    published: bool,
+    /// Did we tell the client `connection.blocked`?
+    blocked_sent: bool,
+    last_read: Instant,
+}
+
+/// Runs one accepted connection to its end.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = broker.next_connection_id();
+    let span = tracing::info_span!("connection", id, %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (writer_tx, writer_rx) = mpsc::channel(writer::WRITER_QUEUE);
+        let writer_task = tokio::spawn(writer::run(write, writer_rx).in_current_span());
+        let mut conn = Connection {
+            id,
+            peer,
+            decoder: FrameDecoder::new(broker.config.frame_max),
+            broker,
+            read,
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
+            out: BytesMut::with_capacity(READ_BUFFER),
+            writer: writer_tx,
+            outbox: Arc::new(Outbox::default()),
+            outbox_items: Vec::new(),
+            channels: HashMap::new(),
+            exclusive_queues: Vec::new(),
+            to_pump: Vec::new(),
+            published: false,
+            blocked_sent: false,
+            last_read: Instant::now(),
+        };
+        conn.run(shutdown).await;
+        drop(conn);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer_task).await;
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    async fn run(&mut self, shutdown: watch::Receiver<bool>) {
+        tracing::debug!("accepted connection");
+        let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake()).await {
+            Err(_) => {
+                tracing::warn!("closing connection: handshake timeout");
+                return;
+            }
+            Ok(Err(HandshakeError::BadProtocolHeader)) => {
+                tracing::warn!("closing connection: client sent an unsupported protocol header");
+                return;
+            }
+            Ok(Err(HandshakeError::Disconnected)) => {
+                tracing::info!("client closed the connection during the handshake");
+                return;
+            }
+            Ok(Err(HandshakeError::Refused { error, send_close })) => {
+                if send_close {
+                    self.close_with(error).await;
+                } else {
+                    tracing::warn!(code = error.code.code(), text = %error.text, "closing connection");
+                }
+                return;
+            }
+            Ok(Ok(session)) => session,
+        };
+        tracing::info!(
+            user = %session.user,
+            vhost = %session.vhost.name,
+            heartbeat = session.tuning.heartbeat,
+            frame_max = session.tuning.frame_max,
+            "connection open"
+        );
+        let _ = self
+            .writer
+            .send(WriterMsg::Heartbeat(session.tuning.heartbeat))
+            .await;
+        if self.flush().await.is_err() {
+            return;
+        }
+        let exit = self.main_loop(&session, shutdown).await;
+        match exit {
+            Exit::ClientClosed => {
+                let _ = self.flush().await;
+                tracing::info!("client closed the connection");
+            }
+            Exit::Error(error) => self.close_with(error).await,
+            Exit::PeerGone => tracing::info!("client went away without closing the connection"),
+            Exit::HeartbeatTimeout => tracing::warn!(
+                timeout_secs = u64::from(session.tuning.heartbeat) * 2,
+                "missed heartbeats from client; closing connection"
+            ),
+        }
+        self.cleanup(&session.vhost);
+    }
+
+    async fn main_loop(&mut self, session: &Session, mut shutdown: watch::Receiver<bool>) -> Exit {
+        let mut blocked = self.broker.memory.subscribe();
+        let heartbeat = Duration::from_secs(u64::from(session.tuning.heartbeat).max(1));
+        let mut heartbeat_check = tokio::time::interval(heartbeat);
+        let heartbeats_on = session.tuning.heartbeat > 0;
+        let outbox = Arc::clone(&self.outbox);
+        loop {
+            let alarm = *blocked.borrow_and_update();
+            let read_allowed = !(alarm && self.published);
+            if read_allowed == self.blocked_sent {
+                self.tell_blocked(!read_allowed, session.capabilities);
+                if self.flush().await.is_err() {
+                    return Exit::PeerGone;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    return Exit::Error(ProtocolError::new(
+                        ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+                read = self.read.read_buf(&mut self.rbuf), if read_allowed => {
+                    match read {
+                        Ok(0) | Err(_) => return Exit::PeerGone,
+                        Ok(_) => {}
+                    }
+                    self.last_read = Instant::now();
+                    if let Some(exit) = self.handle_frames(session) {
+                        return exit;
+                    }
+                }
+                _ = outbox.notified() => {}
+                _ = heartbeat_check.tick(), if heartbeats_on => {
+                    if self.last_read.elapsed() > heartbeat * 2 {
+                        return Exit::HeartbeatTimeout;
+                    }
+                }
+                _ = blocked.changed() => {}
+            }
+            self.after_batch(session);
+            if self.flush().await.is_err() {
+                return Exit::PeerGone;
+            }
+        }
+    }
+
+    /// `connection.blocked` / `unblocked`, for clients that asked for them.
+    fn tell_blocked(&mut self, block: bool, caps: ClientCapabilities) {
+        self.blocked_sent = block;
+        if !caps.connection_blocked {
+            return;
+        }
+        let method = if block {
+            tracing::info!("blocking publisher: resource alarm");
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })
+        } else {
+            connection::AMQPMethod::Unblocked(connection::Unblocked {})
+        };
+        encode::method(&mut self.out, 0, &AMQPClass::Connection(method));
+    }
+
+    /// Decodes and handles every whole frame in the read buffer.
+    fn handle_frames(&mut self, session: &Session) -> Option<Exit> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => {
+                    if let Some(exit) = self.handle_frame(frame, session) {
+                        return Some(exit);
+                    }
+                }
+                Ok(None) => {
+                    if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                        self.rbuf.reserve(READ_BUFFER);
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    let code =
+                        ReplyCode::from_code(e.reply_code()).unwrap_or(ReplyCode::FrameError);
+                    return Some(Exit::Error(ProtocolError::new(code, &e).on(e.method_ids())));
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame, session: &Session) -> Option<Exit> {
+        let channel_id = frame.channel();
+        if channel_id == 0 {
+            return self.handle_connection_frame(frame);
+        }
+        if channel_id > session.tuning.channel_max {
+            return Some(Exit::Error(ProtocolError::channel_error(format!(
+                "channel {channel_id} is above the negotiated channel_max {}",
+                session.tuning.channel_max
+            ))));
+        }
+        let channel_method = match &frame {
+            Frame::Method {
+                method: Method::Other(AMQPClass::Channel(m)),
+                ..
+            } => Some(m.clone()),
+            _ => None,
+        };
+        match (self.channels.get_mut(&channel_id), channel_method) {
+            (None, Some(channel::AMQPMethod::Open(_))) => {
+                self.channels.insert(
+                    channel_id,
+                    ChannelSlot::Open(Box::new(Channel::new(channel_id))),
+                );
+                let ok = AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {}));
+                encode::method(&mut self.out, channel_id, &ok);
+                None
+            }
+            (None, _) => Some(Exit::Error(
+                ProtocolError::channel_error("expected 'channel.open'").on(frame_ids(&frame)),
+            )),
+            (Some(ChannelSlot::Closing), Some(channel::AMQPMethod::CloseOk(_))) => {
+                self.channels.remove(&channel_id);
+                None
+            }
+            (Some(ChannelSlot::Closing), Some(channel::AMQPMethod::Close(_))) => {
+                self.channels.remove(&channel_id);
+                let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+                encode::method(&mut self.out, channel_id, &ok);
+                None
+            }
+            (Some(ChannelSlot::Closing), _) => None,
+            (Some(ChannelSlot::Open(_)), Some(channel::AMQPMethod::Open(_))) => Some(Exit::Error(
+                ProtocolError::channel_error("second 'channel.open' seen").on((20, 10)),
+            )),
+            (Some(ChannelSlot::Open(_)), Some(channel::AMQPMethod::Close(close))) => {
+                tracing::debug!(
+                    channel = channel_id,
+                    code = close.reply_code,
+                    "client closed channel"
+                );
+                self.close_channel(channel_id, &session.vhost);
+                self.channels.remove(&channel_id);
+                let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+                encode::method(&mut self.out, channel_id, &ok);
+                None
+            }
+            (Some(ChannelSlot::Open(_)), Some(channel::AMQPMethod::CloseOk(_))) => None,
+            (Some(ChannelSlot::Open(ch)), _) => {
+                let mut ctx = ChannelContext {
+                    conn_id: self.id,
+                    vhost: &session.vhost,
+                    outbox: &self.outbox,
+                    out: &mut self.out,
+                    frame_max: session.tuning.frame_max,
+                    max_message_size: self.broker.config.max_message_size,
+                    to_pump: &mut self.to_pump,
+                    exclusive_queues: &mut self.exclusive_queues,
+                    published: &mut self.published,
+                };
+                match ch.handle(frame, &mut ctx) {
+                    Ok(()) => None,
+                    Err(error) if error.closes_connection() => Some(Exit::Error(error)),
+                    Err(error) => {
+                        self.channel_exception(channel_id, error, &session.vhost);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_connection_frame(&mut self, frame: Frame) -> Option<Exit> {
+        match frame {
+            Frame::Heartbeat { .. } => None,
+            Frame::Method {
+                method: Method::Other(AMQPClass::Connection(m)),
+                ..
+            } => match m {
+                connection::AMQPMethod::Close(close) => {
+                    tracing::debug!(code = close.reply_code, text = %close.reply_text, "client sent connection.close");
+                    let ok = connection::AMQPMethod::CloseOk(connection::CloseOk {});
+                    encode::method(&mut self.out, 0, &AMQPClass::Connection(ok));
+                    Some(Exit::ClientClosed)
+                }
+                connection::AMQPMethod::CloseOk(_) => Some(Exit::ClientClosed),
+                connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_) => None,
+                connection::AMQPMethod::UpdateSecret(_) => {
+                    let ok = connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {});
+                    encode::method(&mut self.out, 0, &AMQPClass::Connection(ok));
+                    None
+                }
+                other => {
+                    let class = AMQPClass::Connection(other);
+                    let ids = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                    Some(Exit::Error(
+                        ProtocolError::command_invalid("unexpected connection method").on(ids),
+                    ))
+                }
+            },
+            Frame::Method { method, .. } => Some(Exit::Error(
+                ProtocolError::command_invalid("only connection methods may use channel 0")
+                    .on(method.ids()),
+            )),
+            Frame::Header { .. } | Frame::Body { .. } => Some(Exit::Error(
+                ProtocolError::unexpected_frame("content frame on channel 0"),
+            )),
+        }
+    }
+
+    /// A soft error: the channel is closed with `channel.close`, the connection goes on.
+    fn channel_exception(&mut self, channel_id: u16, error: ProtocolError, vhost: &Arc<VHost>) {
+        tracing::warn!(
+            channel = channel_id,
+            code = error.code.code(),
+            text = %error.text,
+            class_id = error.class_id,
+            method_id = error.method_id,
+            "channel error"
+        );
+        self.close_channel(channel_id, vhost);
+        self.channels.insert(channel_id, ChannelSlot::Closing);
+        let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: error.code.code(),
+            reply_text: error.text.as_str().into(),
+            class_id: error.class_id,
+            method_id: error.method_id,
+        }));
+        encode::method(&mut self.out, channel_id, &close);
+    }
+
+    /// Releases a channel's consumers and unacked messages.
+    fn close_channel(&mut self, channel_id: u16, vhost: &Arc<VHost>) {
+        if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel_id) {
+            for queue in ch.close(&mut self.to_pump) {
+                vhost.remove_queue_if_present(&queue);
+            }
+        }
+    }
+
+    /// Work after a batch of frames: deliveries waiting in the outbox, queues to pump, and
+    /// the publisher confirms the batch earned.
+    fn after_batch(&mut self, session: &Session) {
+        self.drain_outbox(session);
+        if !self.to_pump.is_empty() {
+            for queue in self.to_pump.drain(..) {
+                queue.pump();
+            }
+            self.drain_outbox(session);
+        }
+        for slot in self.channels.values_mut() {
+            if let ChannelSlot::Open(ch) = slot {
+                ch.flush_confirms(&mut self.out);
+            }
+        }
+    }
+
+    fn drain_outbox(&mut self, session: &Session) {
+        let mut items = std::mem::take(&mut self.outbox_items);
+        self.outbox.take(&mut items);
+        let mut delivered = 0;
+        for item in items.drain(..) {
+            match item {
+                OutboxItem::Deliver(delivery) => {
+                    delivered += 1;
+                    match self.channels.get_mut(&delivery.consumer.channel) {
+                        Some(ChannelSlot::Open(ch)) => {
+                            ch.deliver(delivery, &mut self.out, session.tuning.frame_max)
+                        }
+                        _ => {
+                            delivery.consumer.release_credit(1);
+                            delivery
+                                .queue
+                                .requeue_unsent(delivery.entry, delivery.consumer.no_ack);
+                        }
+                    }
+                }
+                OutboxItem::Cancel { channel, tag } => {
+                    if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel)
+                        && ch.consumer_cancelled_by_queue(&tag)
+                        && session.capabilities.consumer_cancel_notify
+                    {
+                        let cancel = basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: tag.as_str().into(),
+                            nowait: true,
+                        });
+                        encode::method(&mut self.out, channel, &AMQPClass::Basic(cancel));
+                    }
+                }
+            }
+        }
+        self.outbox_items = items;
+        self.outbox.delivered(delivered);
+        if self.outbox.take_stalled() {
+            for slot in self.channels.values() {
+                if let ChannelSlot::Open(ch) = slot {
+                    for queue in ch.consumed_queues() {
+                        if !self.to_pump.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                            self.to_pump.push(Arc::clone(queue));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands everything written so far to the writer task.
+    async fn flush(&mut self) -> Result<(), ()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.out.split().freeze();
+        self.writer
+            .send(WriterMsg::Data(chunk))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Sends `connection.close` for a hard error and waits (briefly) for `close-ok`.
+    async fn close_with(&mut self, error: ProtocolError) {
+        tracing::warn!(
+            code = error.code.code(),
+            text = %error.text,
+            class_id = error.class_id,
+            method_id = error.method_id,
+            "closing connection"
+        );
+        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: error.code.code(),
+            reply_text: error.text.as_str().into(),
+            class_id: error.class_id,
+            method_id: error.method_id,
+        }));
+        encode::method(&mut self.out, 0, &close);
+        if self.flush().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_close_ok()).await;
+    }
+
+    async fn await_close_ok(&mut self) {
+        loop {
+            loop {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(Frame::Method {
+                        channel: 0,
+                        method: Method::Other(AMQPClass::Connection(m)),
+                    })) => match m {
+                        connection::AMQPMethod::CloseOk(_) => return,
+                        connection::AMQPMethod::Close(_) => {
+                            let ok = connection::AMQPMethod::CloseOk(connection::CloseOk {});
+                            encode::method(&mut self.out, 0, &AMQPClass::Connection(ok));
+                            let _ = self.flush().await;
+                            return;
+                        }
+                        _ => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            match self.read.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The connection is gone: channels release their consumers and unacked messages,
+    /// exclusive queues are deleted, deliveries still in the outbox go back.
+    fn cleanup(&mut self, vhost: &Arc<VHost>) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.close_channel(id, vhost);
+        }
+        self.channels.clear();
+        for queue in self.exclusive_queues.drain(..) {
+            vhost.remove_queue_if_present(&queue);
+        }
+        let mut items = std::mem::take(&mut self.outbox_items);
+        self.outbox.take(&mut items);
+        for item in items.drain(..) {
+            if let OutboxItem::Deliver(d) = item {
+                d.consumer.release_credit(1);
+                d.queue.requeue_unsent(d.entry, d.consumer.no_ack);
+            }
+        }
+        for queue in self.to_pump.drain(..) {
+            queue.pump();
+        }
+    }
+}
+
+fn frame_ids(frame: &Frame) -> (u16, u16) {
+    match frame {
+        Frame::Method { method, .. } => method.ids(),
+        _ => (0, 0),
+    }
+}
+
+use handshake::Session;

@@ -1,0 +1,332 @@
+//! The queue: its messages (ready, and delivered but unsettled), its consumers and their
+//! credit. This is the "queue process" of RabbitMQ's split; the channel owns delivery tags and
+//! the unacked map, the queue owns order and who gets what.
+//!
+//! A queue's state has one owner at a time: a short synchronous critical section under a
+//! mutex, entered inline by the publishing connection (enqueue and dispatch), by the consuming
+//! connection (settle, requeue) and by declares. Nothing awaits while holding it, so a std
+//! mutex is the right tool: no task hop per message, and an uncontended lock is one atomic.
+
+mod consumer;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amqp_codec::FieldTable;
+
+pub use consumer::{ChannelCredit, Consumer};
+
+use crate::connection::outbox::{Delivery, OutboxItem};
+use crate::error::{ProtocolError, ProtocolResult};
+use crate::memory::MemoryMonitor;
+use crate::message::{Message, QueueEntry};
+use crate::names::{ConsumerTag, QueueName};
+
+/// Connection that owns an exclusive queue.
+pub type ConnectionId = u64;
+
+/// What `queue.declare` asked for; fixed for the queue's life.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnectionId>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: QueueName,
+    pub settings: QueueSettings,
+    pub vhost: Arc<str>,
+    state: Mutex<QueueState>,
+    memory: Arc<MemoryMonitor>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    /// Ready messages in `seq` order.
+    ready: VecDeque<QueueEntry>,
+    next_seq: u64,
+    /// Delivered to a consumer or `basic.get` and not yet settled.
+    unacked: usize,
+    /// Sorted by priority, highest first; insertion order within a priority.
+    consumers: Vec<Arc<Consumer>>,
+    /// Round-robin cursor into `consumers`.
+    next_consumer: usize,
+    had_consumers: bool,
+    deleted: bool,
+}
+
+/// Point-in-time counts for `queue.declare-ok` and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub ready: u32,
+    pub unacked: u32,
+    pub consumers: u32,
+}
+
+impl Queue {
+    pub fn new(
+        name: QueueName,
+        vhost: Arc<str>,
+        settings: QueueSettings,
+        memory: Arc<MemoryMonitor>,
+    ) -> Self {
+        Self {
+            name,
+            settings,
+            vhost,
+            state: Mutex::new(QueueState::default()),
+            memory,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock cannot leave the queue half-updated in a way that
+        // loses messages, so carry on with the data rather than poison every later caller.
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn is_exclusive_to_other(&self, connection: ConnectionId) -> bool {
+        matches!(self.settings.exclusive_owner, Some(owner) if owner != connection)
+    }
+
+    /// 405 unless `connection` may use this queue.
+    pub fn check_access(&self, connection: ConnectionId) -> ProtocolResult {
+        if self.is_exclusive_to_other(connection) {
+            return Err(ProtocolError::resource_locked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.name, self.vhost
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn counts(&self) -> QueueCounts {
+        let st = self.lock();
+        QueueCounts {
+            ready: st.ready.len() as u32,
+            unacked: st.unacked as u32,
+            consumers: st.consumers.len() as u32,
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.lock().deleted
+    }
+
+    /// Appends a message and hands ready messages to consumers with credit.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+        let mut st = self.lock();
+        if st.deleted {
+            return;
+        }
+        self.memory.add(message.size());
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready.push_back(QueueEntry {
+            seq,
+            message,
+            redelivered: false,
+            delivery_count: 0,
+        });
+        self.dispatch(&mut st);
+    }
+
+    /// `basic.get`: the head message and how many remain.
+    pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
+        let mut st = self.lock();
+        let entry = st.ready.pop_front()?;
+        if no_ack {
+            self.memory.release(entry.message.size());
+        } else {
+            st.unacked += 1;
+        }
+        Some((entry, st.ready.len() as u32))
+    }
+
+    /// Puts delivered messages back at their original places, marked redelivered.
+    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueueEntry>) {
+        let mut st = self.lock();
+        for mut entry in entries {
+            st.unacked = st.unacked.saturating_sub(1);
+            if st.deleted {
+                self.memory.release(entry.message.size());
+                continue;
+            }
+            entry.redelivered = true;
+            entry.delivery_count = entry.delivery_count.saturating_add(1);
+            let at = st.ready.partition_point(|e| e.seq < entry.seq);
+            st.ready.insert(at, entry);
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// A delivery handed to a consumer that went away before it was sent: back to its place,
+    /// not marked redelivered (the client never saw it).
+    pub fn requeue_unsent(self: &Arc<Self>, entry: QueueEntry, no_ack: bool) {
+        let mut st = self.lock();
+        if no_ack {
+            // Its memory was released when it left for a no-ack consumer.
+            self.memory.add(entry.message.size());
+        } else {
+            st.unacked = st.unacked.saturating_sub(1);
+        }
+        if st.deleted {
+            self.memory.release(entry.message.size());
+            return;
+        }
+        let at = st.ready.partition_point(|e| e.seq < entry.seq);
+        st.ready.insert(at, entry);
+        self.dispatch(&mut st);
+    }
+
+    /// Acked (or dropped) deliveries: they leave the queue for good.
+    pub fn settle(&self, count: usize, bytes: u64) {
+        if count == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        st.unacked = st.unacked.saturating_sub(count);
+        drop(st);
+        self.memory.release(bytes);
+    }
+
+    /// Hands ready messages to consumers that have credit again.
+    pub fn pump(self: &Arc<Self>) {
+        let mut st = self.lock();
+        self.dispatch(&mut st);
+    }
+
+    /// Adds a consumer; 403 if the queue or the new consumer is exclusive and others exist.
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> ProtocolResult {
+        let mut st = self.lock();
+        if st.deleted {
+            return Err(ProtocolError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !st.consumers.is_empty())
+        {
+            return Err(ProtocolError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
+        }
+        let at = st
+            .consumers
+            .partition_point(|c| c.priority >= consumer.priority);
+        st.consumers.insert(at, consumer);
+        st.had_consumers = true;
+        self.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Removes a consumer. Returns true when this leaves an auto-delete queue unused, so the
+    /// caller should delete it.
+    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        let mut st = self.lock();
+        if let Some(pos) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) {
+            st.consumers.remove(pos);
+            if st.next_consumer > pos {
+                st.next_consumer -= 1;
+            }
+        }
+        self.settings.auto_delete && st.had_consumers && st.consumers.is_empty() && !st.deleted
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&self) -> u32 {
+        let mut st = self.lock();
+        let n = st.ready.len() as u32;
+        let bytes: u64 = st.ready.iter().map(|e| e.message.size()).sum();
+        st.ready.clear();
+        drop(st);
+        self.memory.release(bytes);
+        n
+    }
+
+    /// Marks the queue deleted, drops its ready messages and tells its consumers. Returns the
+    /// number of ready messages it held.
+    pub fn delete(&self) -> u32 {
+        let mut st = self.lock();
+        if st.deleted {
+            return 0;
+        }
+        st.deleted = true;
+        let n = st.ready.len() as u32;
+        let bytes: u64 = st.ready.iter().map(|e| e.message.size()).sum();
+        st.ready.clear();
+        for consumer in st.consumers.drain(..) {
+            consumer.outbox.push(OutboxItem::Cancel {
+                channel: consumer.channel,
+                tag: consumer.tag.clone(),
+            });
+        }
+        drop(st);
+        self.memory.release(bytes);
+        n
+    }
+
+    pub fn has_consumer_tag(&self, tag: &ConsumerTag) -> bool {
+        self.lock().consumers.iter().any(|c| &c.tag == tag)
+    }
+
+    fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        while !st.ready.is_empty() {
+            let Some(idx) = pick_consumer(st) else {
+                break;
+            };
+            let Some(entry) = st.ready.pop_front() else {
+                break;
+            };
+            let consumer = &st.consumers[idx];
+            if consumer.no_ack {
+                self.memory.release(entry.message.size());
+            } else {
+                st.unacked += 1;
+            }
+            let consumer = &st.consumers[idx];
+            consumer.outbox.push(OutboxItem::Deliver(Delivery {
+                consumer: Arc::clone(consumer),
+                queue: Arc::clone(self),
+                entry,
+            }));
+        }
+    }
+}
+
+/// The next consumer with credit: the highest priority first, round-robin within a priority.
+fn pick_consumer(st: &mut QueueState) -> Option<usize> {
+    let n = st.consumers.len();
+    let mut group = 0;
+    while group < n {
+        let priority = st.consumers[group].priority;
+        let end = group
+            + st.consumers[group..]
+                .iter()
+                .take_while(|c| c.priority == priority)
+                .count();
+        let len = end - group;
+        let start = if (group..end).contains(&st.next_consumer) {
+            st.next_consumer - group
+        } else {
+            0
+        };
+        for k in 0..len {
+            let idx = group + (start + k) % len;
+            if st.consumers[idx].try_take_credit() {
+                st.next_consumer = if idx + 1 < end { idx + 1 } else { group };
+                return Some(idx);
+            }
+        }
+        group = end;
+    }
+    None
+}

@@ -1,0 +1,518 @@
+//! A virtual host: its exchanges and queues, the topology operations on them, and routing.
+//!
+//! Registries are `DashMap`s: publishes look exchanges and queues up without a global lock.
+//! Topology changes (declare, delete, bind) take `topology` so that check-then-act sequences
+//! (exclusive ownership, if-unused, auto-delete) are atomic; they never run on the publish path.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use amqp_codec::{AMQPValue, FieldTable, RawProperties};
+use dashmap::DashMap;
+
+use crate::error::{ProtocolError, ProtocolResult};
+use crate::exchange::{Destination, Exchange, ExchangeKind, ExchangeSettings};
+use crate::memory::MemoryMonitor;
+use crate::names::{ExchangeName, QueueName, generated_suffix};
+use crate::queue::{ConnectionId, Queue, QueueCounts, QueueSettings};
+
+pub struct VHost {
+    pub name: Arc<str>,
+    exchanges: DashMap<ExchangeName, Arc<Exchange>>,
+    queues: DashMap<QueueName, Arc<Queue>>,
+    memory: Arc<MemoryMonitor>,
+    topology: Mutex<()>,
+}
+
+/// Scratch space for routing one message, owned by the channel so routing allocates nothing.
+#[derive(Debug, Default)]
+pub struct RouteScratch {
+    destinations: Vec<Destination>,
+    visited: Vec<usize>,
+}
+
+impl VHost {
+    pub fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
+        let vhost = Self {
+            name: Arc::from(name),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            memory,
+            topology: Mutex::new(()),
+        };
+        for (name, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            let settings = ExchangeSettings {
+                kind,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            };
+            let name = ExchangeName::new(name);
+            vhost
+                .exchanges
+                .insert(name.clone(), Arc::new(Exchange::new(name, settings)));
+        }
+        vhost
+    }
+
+    fn lock_topology(&self) -> MutexGuard<'_, ()> {
+        match self.topology.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| Arc::clone(e.value()))
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| Arc::clone(q.value()))
+    }
+
+    /// The exchange, or 404 as RabbitMQ words it.
+    pub fn existing_exchange(&self, name: &str) -> ProtocolResult<Arc<Exchange>> {
+        self.exchange(name).ok_or_else(|| {
+            ProtocolError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+        })
+    }
+
+    /// The queue, or 404; 405 if it is another connection's exclusive queue.
+    pub fn existing_queue(&self, name: &str, conn: ConnectionId) -> ProtocolResult<Arc<Queue>> {
+        let queue = self.queue(name).ok_or_else(|| {
+            ProtocolError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+        })?;
+        queue.check_access(conn)?;
+        Ok(queue)
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| Arc::clone(q.value())).collect()
+    }
+
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        settings: ExchangeSettings,
+        passive: bool,
+    ) -> ProtocolResult<Arc<Exchange>> {
+        let _topology = self.lock_topology();
+        if passive {
+            return self.existing_exchange(name);
+        }
+        if let Some(existing) = self.exchange(name) {
+            check_exchange_equivalence(&existing, &settings, &self.name)?;
+            return Ok(existing);
+        }
+        if name.starts_with("amq.") {
+            return Err(ProtocolError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let name = ExchangeName::new(name);
+        let exchange = Arc::new(Exchange::new(name.clone(), settings));
+        self.exchanges.insert(name, Arc::clone(&exchange));
+        Ok(exchange)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> ProtocolResult {
+        let _topology = self.lock_topology();
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(ProtocolError::access_refused(format!(
+                "operation not permitted on exchange '{name}'"
+            )));
+        }
+        let Some(exchange) = self.exchange(name) else {
+            // Deleting what is not there succeeds, as in RabbitMQ.
+            return Ok(());
+        };
+        if if_unused && !exchange.table().is_empty() {
+            return Err(ProtocolError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        self.remove_exchange(&exchange);
+        Ok(())
+    }
+
+    fn remove_exchange(&self, exchange: &Arc<Exchange>) {
+        self.exchanges.remove(exchange.name.as_str());
+        let destination = Destination::Exchange(Arc::clone(exchange));
+        self.remove_destination_everywhere(&destination);
+        *exchange.table_mut() = crate::exchange::RoutingTable::new(exchange.kind());
+    }
+
+    /// Drops every binding to `destination`, then auto-deletes exchanges left without
+    /// bindings.
+    fn remove_destination_everywhere(&self, destination: &Destination) {
+        let mut emptied = Vec::new();
+        for entry in self.exchanges.iter() {
+            let exchange = entry.value();
+            let mut table = exchange.table_mut();
+            if table.remove_destination(destination) > 0
+                && table.is_empty()
+                && exchange.settings.auto_delete
+            {
+                emptied.push(Arc::clone(exchange));
+            }
+        }
+        for exchange in emptied {
+            self.remove_exchange(&exchange);
+        }
+    }
+
+    /// `queue.declare`. An empty name asks for a server-named `amq.gen-…` queue.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        settings: QueueSettings,
+        passive: bool,
+        conn: ConnectionId,
+    ) -> ProtocolResult<(Arc<Queue>, QueueCounts)> {
+        let _topology = self.lock_topology();
+        if passive {
+            let queue = self.existing_queue(name, conn)?;
+            let counts = queue.counts();
+            return Ok((queue, counts));
+        }
+        if let Some(existing) = self.queue(name) {
+            existing.check_access(conn)?;
+            check_queue_equivalence(&existing, &settings)?;
+            let counts = existing.counts();
+            return Ok((existing, counts));
+        }
+        if name.starts_with("amq.") {
+            return Err(ProtocolError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let name = if name.is_empty() {
+            QueueName::new(&format!("amq.gen-{}", generated_suffix()))
+        } else {
+            QueueName::new(name)
+        };
+        let queue = Arc::new(Queue::new(
+            name.clone(),
+            Arc::clone(&self.name),
+            settings,
+            Arc::clone(&self.memory),
+        ));
+        self.queues.insert(name, Arc::clone(&queue));
+        Ok((queue, QueueCounts::default()))
+    }
+
+    /// `queue.delete`; returns the number of messages deleted with it.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> ProtocolResult<u32> {
+        let _topology = self.lock_topology();
+        let Some(queue) = self.queue(name) else {
+            return Ok(0);
+        };
+        queue.check_access(conn)?;
+        let counts = queue.counts();
+        if if_unused && counts.consumers > 0 {
+            return Err(ProtocolError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && counts.ready > 0 {
+            return Err(ProtocolError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
+        }
+        Ok(self.remove_queue(&queue))
+    }
+
+    /// Deletes a queue that an auto-delete or exclusive rule says must go.
+    pub fn remove_queue_if_present(&self, queue: &Arc<Queue>) {
+        let _topology = self.lock_topology();
+        self.remove_queue(queue);
+    }
+
+    fn remove_queue(&self, queue: &Arc<Queue>) -> u32 {
+        let removed = self
+            .queues
+            .remove_if(queue.name.as_str(), |_, q| Arc::ptr_eq(q, queue))
+            .is_some();
+        if !removed {
+            return 0;
+        }
+        self.remove_destination_everywhere(&Destination::Queue(Arc::clone(queue)));
+        queue.delete()
+    }
+
+    pub fn bind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> ProtocolResult {
+        let _topology = self.lock_topology();
+        let exchange = self.bindable_source(source)?;
+        exchange
+            .table_mut()
+            .bind(destination, routing_key, arguments);
+        Ok(())
+    }
+
+    pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> ProtocolResult {
+        let _topology = self.lock_topology();
+        let exchange = self.bindable_source(source)?;
+        let now_empty = {
+            let mut table = exchange.table_mut();
+            table.unbind(&destination, routing_key, arguments) && table.is_empty()
+        };
+        if now_empty && exchange.settings.auto_delete {
+            self.remove_exchange(&exchange);
+        }
+        Ok(())
+    }
+
+    fn bindable_source(&self, source: &str) -> ProtocolResult<Arc<Exchange>> {
+        if source.is_empty() {
+            return Err(ProtocolError::access_refused(format!(
+                "operation not permitted on the default exchange in vhost '{}'",
+                self.name
+            )));
+        }
+        self.existing_exchange(source)
+    }
+
+    /// The queues a message published to `exchange` reaches: bindings, exchange-to-exchange
+    /// bindings (each exchange visited once), then the alternate exchange if nothing matched.
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_key: &[u8],
+        properties: &RawProperties,
+        scratch: &mut RouteScratch,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        scratch.visited.clear();
+        let mut headers = None;
+        let mut current = Arc::clone(exchange);
+        loop {
+            scratch.visited.push(Arc::as_ptr(&current) as usize);
+            self.route_into(
+                &current,
+                routing_key,
+                properties,
+                &mut headers,
+                scratch,
+                out,
+            );
+            if !out.is_empty() {
+                return;
+            }
+            let Some(alternate) = current.alternate.as_ref().and_then(|n| self.exchange(n)) else {
+                return;
+            };
+            if scratch
+                .visited
+                .contains(&(Arc::as_ptr(&alternate) as usize))
+            {
+                return;
+            }
+            current = alternate;
+        }
+    }
+
+    fn route_into(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_key: &[u8],
+        properties: &RawProperties,
+        headers: &mut Option<Option<FieldTable>>,
+        scratch: &mut RouteScratch,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        if exchange.is_default() {
+            if let Some(queue) = std::str::from_utf8(routing_key)
+                .ok()
+                .and_then(|name| self.queue(name))
+                && !out.iter().any(|q| Arc::ptr_eq(q, &queue))
+            {
+                out.push(queue);
+            }
+            return;
+        }
+        let start = scratch.destinations.len();
+        {
+            let table = exchange.table();
+            let hdrs = if exchange.kind() == ExchangeKind::Headers {
+                headers.get_or_insert_with(|| properties.headers()).as_ref()
+            } else {
+                None
+            };
+            table.route(routing_key, hdrs, &mut scratch.destinations);
+        }
+        let end = scratch.destinations.len();
+        for i in start..end {
+            match scratch.destinations[i].clone() {
+                Destination::Queue(queue) => {
+                    if !out.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                        out.push(queue);
+                    }
+                }
+                Destination::Exchange(next) => {
+                    let id = Arc::as_ptr(&next) as usize;
+                    if !scratch.visited.contains(&id) {
+                        scratch.visited.push(id);
+                        self.route_into(&next, routing_key, properties, headers, scratch, out);
+                    }
+                }
+            }
+        }
+        scratch.destinations.truncate(start);
+    }
+}
+
+fn check_exchange_equivalence(
+    existing: &Exchange,
+    requested: &ExchangeSettings,
+    vhost: &str,
+) -> ProtocolResult {
+    let current = &existing.settings;
+    let mismatch = |field: &str, received: &dyn std::fmt::Display, now: &dyn std::fmt::Display| {
+        ProtocolError::precondition_failed(format!(
+            "inequivalent arg '{field}' for exchange '{}' in vhost '{vhost}': received '{received}' but current is '{now}'",
+            existing.name
+        ))
+    };
+    if current.kind != requested.kind {
+        return Err(mismatch(
+            "type",
+            &requested.kind.as_str(),
+            &current.kind.as_str(),
+        ));
+    }
+    if current.durable != requested.durable {
+        return Err(mismatch("durable", &requested.durable, &current.durable));
+    }
+    if current.auto_delete != requested.auto_delete {
+        return Err(mismatch(
+            "auto_delete",
+            &requested.auto_delete,
+            &current.auto_delete,
+        ));
+    }
+    if current.internal != requested.internal {
+        return Err(mismatch("internal", &requested.internal, &current.internal));
+    }
+    let key = "alternate-exchange";
+    let a = current.arguments.inner().get(key).map(normalize);
+    let b = requested.arguments.inner().get(key).map(normalize);
+    if a != b {
+        return Err(ProtocolError::precondition_failed(format!(
+            "inequivalent arg '{key}' for exchange '{}' in vhost '{vhost}'",
+            existing.name
+        )));
+    }
+    Ok(())
+}
+
+fn check_queue_equivalence(existing: &Queue, requested: &QueueSettings) -> ProtocolResult {
+    let current = &existing.settings;
+    let mismatch = |field: &str, received: bool, now: bool| {
+        ProtocolError::precondition_failed(format!(
+            "inequivalent arg '{field}' for queue '{}' in vhost '{}': received '{received}' but current is '{now}'",
+            existing.name, existing.vhost
+        ))
+    };
+    if current.durable != requested.durable {
+        return Err(mismatch("durable", requested.durable, current.durable));
+    }
+    if current.auto_delete != requested.auto_delete {
+        return Err(mismatch(
+            "auto_delete",
+            requested.auto_delete,
+            current.auto_delete,
+        ));
+    }
+    let (cur_excl, req_excl) = (
+        current.exclusive_owner.is_some(),
+        requested.exclusive_owner.is_some(),
+    );
+    if cur_excl != req_excl {
+        return Err(mismatch("exclusive", req_excl, cur_excl));
+    }
+    let keys = current
+        .arguments
+        .inner()
+        .keys()
+        .chain(requested.arguments.inner().keys())
+        .filter(|k| k.as_str().starts_with("x-"));
+    for key in keys {
+        let a = current.arguments.inner().get(key).map(normalize);
+        let b = requested.arguments.inner().get(key).map(normalize);
+        if a != b {
+            return Err(ProtocolError::precondition_failed(format!(
+                "inequivalent arg '{key}' for queue '{}' in vhost '{}': received {} but current is {}",
+                existing.name,
+                existing.vhost,
+                describe(b.as_ref()),
+                describe(a.as_ref()),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Argument values compared the way RabbitMQ compares them: integers by value whatever their
+/// width, strings by content whether short or long.
+#[derive(Debug, PartialEq)]
+enum ArgValue {
+    Int(i64),
+    Str(Vec<u8>),
+    Bool(bool),
+    Other(String),
+}
+
+fn normalize(value: &AMQPValue) -> ArgValue {
+    match value {
+        AMQPValue::ShortShortInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::ShortInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::LongInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::LongUInt(v) => ArgValue::Int(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => ArgValue::Int(*v),
+        AMQPValue::Timestamp(v) => ArgValue::Int(*v as i64),
+        AMQPValue::ShortString(s) => ArgValue::Str(s.as_str().as_bytes().to_vec()),
+        AMQPValue::LongString(s) => ArgValue::Str(s.as_bytes().to_vec()),
+        AMQPValue::Boolean(b) => ArgValue::Bool(*b),
+        other => ArgValue::Other(format!("{other:?}")),
+    }
+}
+
+fn describe(value: Option<&ArgValue>) -> String {
+    match value {
+        None => "none".into(),
+        Some(ArgValue::Int(v)) => format!("the value '{v}'"),
+        Some(ArgValue::Str(s)) => format!("the value '{}'", String::from_utf8_lossy(s)),
+        Some(ArgValue::Bool(b)) => format!("the value '{b}'"),
+        Some(ArgValue::Other(s)) => format!("the value '{s}'"),
+    }
+}
