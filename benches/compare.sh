@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of Warren and RabbitMQ with warren-load, on this machine only.
+#
+# Installs RabbitMQ from Debian's packages if it is missing, starts a private RabbitMQ node and
+# a Warren broker on spare loopback ports with their own data directories, runs every scenario
+# against both in alternation, prints a Markdown table, and stops both brokers on exit.
+#
+# Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...] [--rabbit-only]
+# Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=10
+WARMUP=1
+ROUNDS=2
+SCENARIOS="throughput,throughput-persistent,latency,latency-persistent"
+RABBIT_ONLY=0
+RABBIT_PORT=${RABBIT_PORT:-5682}
+RABBIT_DIST_PORT=${RABBIT_DIST_PORT:-25682}
+WARREN_PORT=${WARREN_PORT:-5692}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --scenarios) SCENARIOS=$2; shift 2 ;;
+        --rabbit-only) RABBIT_ONLY=1; shift ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+# Arguments of warren-load for each scenario.
+scenario_args() {
+    case "$1" in
+        throughput) echo "--scenario throughput" ;;
+        throughput-persistent) echo "--scenario throughput --persistent --confirm 1000" ;;
+        throughput-noack) echo "--scenario throughput --no-ack" ;;
+        latency) echo "--scenario latency --rate 5000" ;;
+        latency-persistent) echo "--scenario latency --rate 5000 --persistent --confirm 1000" ;;
+        *) echo "unknown scenario: $1" >&2; return 1 ;;
+    esac
+}
+for s in ${SCENARIOS//,/ }; do scenario_args "$s" >/dev/null; done
+
+WORK=$(mktemp -d /tmp/warren-compare.XXXXXX)
+LOG="$WORK/runs.log"
+RESULTS="$WORK/results"
+: >"$RESULTS"
+RABBIT_PID=""
+WARREN_PID=""
+EPMD_BEFORE=$(pgrep -x epmd || true)
+
+log() { echo "[compare] $*" >&2; }
+
+stop_pid() {
+    local pid=$1 name=$2
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    set +e
+    stop_pid "$WARREN_PID" warren
+    if [ -n "$RABBIT_PID" ]; then
+        # rabbitmqctl stop shuts the node down cleanly; fall back to signals.
+        rabbit_env /usr/lib/rabbitmq/bin/rabbitmqctl -n warrenbench@localhost stop >/dev/null 2>&1
+        stop_pid "$RABBIT_PID" rabbitmq
+    fi
+    # epmd outlives the node; stop it only if this script started it.
+    if [ -z "$EPMD_BEFORE" ]; then
+        local epmd
+        epmd=$(pgrep -x epmd || true)
+        [ -n "$epmd" ] && stop_pid "$epmd" epmd
+    fi
+    if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 pid=$2 what=$3
+    for _ in $(seq 1 300); do
+        port_open "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || { log "$what exited during start-up"; return 1; }
+        sleep 0.2
+    done
+    log "$what did not open port $port within 60 s"
+    return 1
+}
+
+# --- RabbitMQ --------------------------------------------------------------------------------
+
+install_rabbitmq() {
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
+    [ "$(id -u)" = 0 ] || { log "RabbitMQ is missing and we are not root to install it"; exit 1; }
+    log "installing rabbitmq-server from Debian's packages"
+    # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
+    local policy_added=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >"$WORK/apt.log" 2>&1 \
+        || { tail -20 "$WORK/apt.log" >&2; [ $policy_added = 1 ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ $policy_added = 1 ] && rm -f /usr/sbin/policy-rc.d
+    # If a default instance came up anyway (systemd), stop it: it would hold 5672 and epmd.
+    if port_open 5672 && pgrep -f 'beam.*-sname rabbit@' >/dev/null; then
+        log "stopping the package's default RabbitMQ instance"
+        service rabbitmq-server stop >/dev/null 2>&1 || systemctl stop rabbitmq-server >/dev/null 2>&1 || true
+    fi
+}
+
+rabbit_env() {
+    local d="$WORK/rabbit"
+    env HOME="$d" \
+        RABBITMQ_BASE="$d" \
+        RABBITMQ_NODENAME=warrenbench@localhost \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$RABBIT_PORT" \
+        RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT" \
+        RABBITMQ_MNESIA_BASE="$d/mnesia" \
+        RABBITMQ_LOG_BASE="$d/log" \
+        RABBITMQ_PID_FILE="$d/pid" \
+        RABBITMQ_CONFIG_FILE="$d/rabbitmq" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" \
+        RABBITMQ_SERVER_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        ERL_EPMD_ADDRESS=127.0.0.1 \
+        "$@"
+}
+
+start_rabbitmq() {
+    local d="$WORK/rabbit"
+    mkdir -p "$d/log" "$d/mnesia"
+    echo '[].' >"$d/enabled_plugins"
+    printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RABBIT_PORT" >"$d/rabbitmq.conf"
+    port_open "$RABBIT_PORT" && { log "port $RABBIT_PORT is taken"; exit 1; }
+    log "starting RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null) on 127.0.0.1:$RABBIT_PORT"
+    rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/stdout" 2>&1 &
+    local launcher=$!
+    wait_port "$RABBIT_PORT" "$launcher" rabbitmq || { tail -20 "$d/stdout" >&2; exit 1; }
+    RABBIT_PID=$(cat "$d/pid")
+    log "RabbitMQ is up (beam pid $RABBIT_PID)"
+}
+
+# --- Warren ----------------------------------------------------------------------------------
+
+start_warren() {
+    local bin="$ROOT/target/release/warren"
+    port_open "$WARREN_PORT" && { log "port $WARREN_PORT is taken"; return 1; }
+    mkdir -p "$WORK/warren-data"
+    log "starting Warren on 127.0.0.1:$WARREN_PORT"
+    WARREN_LOG=warn "$bin" --listen "127.0.0.1:$WARREN_PORT" --data-dir "$WORK/warren-data" \
+        >"$WORK/warren.log" 2>&1 &
+    WARREN_PID=$!
+    wait_port "$WARREN_PORT" "$WARREN_PID" warren || { tail -20 "$WORK/warren.log" >&2; WARREN_PID=""; return 1; }
+    log "Warren is up (pid $WARREN_PID)"
+}
+
+# --- Runs ------------------------------------------------------------------------------------
+
+LOAD="$ROOT/target/release/warren-load"
+
+# run_one BROKER SCENARIO ROUND: one warren-load run; appends "broker scenario key value" lines.
+run_one() {
+    local broker=$1 scenario=$2 round=$3 port pid out
+    if [ "$broker" = warren ]; then port=$WARREN_PORT pid=$WARREN_PID; else port=$RABBIT_PORT pid=$RABBIT_PID; fi
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        log "$broker is not running: skipping $scenario"
+        return 0
+    fi
+    log "round $round: $scenario on $broker"
+    # shellcheck disable=SC2046
+    if out=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 60)) "$LOAD" --addr "127.0.0.1:$port" \
+        --duration "$DURATION" --warmup "$WARMUP" --broker-pid "$pid" --label "$broker" \
+        $(scenario_args "$scenario") 2>&1); then
+        :
+    else
+        log "$scenario on $broker failed (see $LOG)"
+    fi
+    printf '### %s %s round %s\n%s\n\n' "$broker" "$scenario" "$round" "$out" >>"$LOG"
+    echo "$out" | grep '^RESULT ' | tr ' ' '\n' | grep '=' | while IFS='=' read -r k v; do
+        echo "$broker $scenario $k $v"
+    done >>"$RESULTS" || true
+}
+
+install_rabbitmq
+log "building (release): warren-load$([ $RABBIT_ONLY = 0 ] && echo ' and warren')"
+cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-benches
+HAVE_WARREN=0
+if [ $RABBIT_ONLY = 0 ]; then
+    if cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-broker 2>"$WORK/build-warren.log"; then
+        start_warren && HAVE_WARREN=1
+    else
+        log "Warren does not build; comparing nothing against RabbitMQ (see below)"
+        tail -5 "$WORK/build-warren.log" >&2
+    fi
+fi
+start_rabbitmq
+
+START=$(date +%s)
+for round in $(seq 1 "$ROUNDS"); do
+    for s in ${SCENARIOS//,/ }; do
+        # Alternate who goes first, so that neither always runs on a warmer (or busier) machine.
+        if [ $((round % 2)) = 1 ]; then order="warren rabbitmq"; else order="rabbitmq warren"; fi
+        for b in $order; do
+            [ "$b" = warren ] && [ $HAVE_WARREN = 0 ] && continue
+            run_one "$b" "$s" "$round"
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - START))
+
+# --- Report ----------------------------------------------------------------------------------
+
+echo
+echo "## Warren vs RabbitMQ ($(date -u +%Y-%m-%d), $(nproc) cores shared by brokers and generator)"
+echo
+echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null), Warren $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?');" \
+    "$ROUNDS round(s) of ${DURATION} s per scenario and broker, mean over rounds; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo
+awk -v scenarios="$SCENARIOS" '
+    { key = $1 SUBSEP $2 SUBSEP $3; sum[key] += $4; n[key]++ }
+    function mean(b, s, k) { return ((b SUBSEP s SUBSEP k) in n) ? sum[b SUBSEP s SUBSEP k] / n[b SUBSEP s SUBSEP k] : "" }
+    function fmt(v, digits) { return v == "" ? "n/a" : sprintf("%." digits "f", v) }
+    function row(s, label, k, digits,   w, r, ratio) {
+        w = mean("warren", s, k); r = mean("rabbitmq", s, k)
+        ratio = (w != "" && r != "" && r + 0 != 0) ? sprintf("%.2f", w / r) : "n/a"
+        printf "| %s | %s | %s | %s | %s |\n", s, label, fmt(w, digits), fmt(r, digits), ratio
+    }
+    END {
+        print "| scenario | metric | Warren | RabbitMQ | Warren/RabbitMQ |"
+        print "|---|---|---:|---:|---:|"
+        ns = split(scenarios, list, ",")
+        for (i = 1; i <= ns; i++) {
+            s = list[i]
+            if (s ~ /^throughput/) {
+                row(s, "published msg/s", "published_per_s", 0)
+                row(s, "consumed msg/s", "consumed_per_s", 0)
+            } else {
+                row(s, "p50 latency µs", "p50_us", 0)
+                row(s, "p99 latency µs", "p99_us", 0)
+                row(s, "p99.9 latency µs", "p999_us", 0)
+            }
+            row(s, "broker CPU µs/msg", "broker_us_per_msg", 2)
+            row(s, "generator CPU µs/msg", "gen_us_per_msg", 2)
+            row(s, "other processes, % of a core", "others_cpu_pct", 0)
+        }
+    }' "$RESULTS"
+echo
+echo "Runs took ${ELAPSED} s. Full output of every run:"
+echo
+sed 's/^/    /' "$LOG"
