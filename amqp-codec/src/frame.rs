@@ -19,6 +19,9 @@ pub const FRAME_MIN_SIZE: u32 = 4096;
 /// `AMQP 0 0 9 1`.
 pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
 
+/// Largest buffer growth made for an announced frame before its bytes arrive.
+const MAX_RESERVE_STEP: usize = 1 << 20;
+
 const FRAME_METHOD: u8 = 1;
 const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
@@ -125,7 +128,10 @@ impl FrameDecoder {
         }
         let total = total as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Reserve for the announced frame, but never more than a bounded step on the
+            // peer's word alone: a huge announced size grows the buffer only as data arrives.
+            let want = total.min(buf.len() + MAX_RESERVE_STEP);
+            buf.reserve(want - buf.len());
             return Ok(None);
         }
         let found = buf[total - 1];

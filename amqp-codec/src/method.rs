@@ -122,7 +122,7 @@ impl Method {
                 fields.map(Method::Ack).ok_or(malformed)
             }
             _ => match parse_class(&payload[..]) {
-                Ok((rest, class)) if rest.is_empty() => Ok(Method::Other(class)),
+                Ok((&[], class)) => Ok(Method::Other(class)),
                 _ if is_known(class_id, method_id) => Err(malformed),
                 _ => Err(CodecError::UnknownMethod {
                     class_id,

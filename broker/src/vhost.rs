@@ -266,6 +266,10 @@ impl VHost {
         let _topology = self.lock_topology();
         let exchange = self.bindable_source(source)?;
         exchange
+            .kind()
+            .validate_binding(arguments)
+            .map_err(|e| ProtocolError::precondition_failed(e.0))?;
+        exchange
             .table_mut()
             .bind(destination, routing_key, arguments);
         Ok(())

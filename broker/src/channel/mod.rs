@@ -139,9 +139,10 @@ impl Channel {
             AMQPClass::Exchange(m) => self.handle_exchange(m, ctx),
             AMQPClass::Queue(m) => self.handle_queue(m, ctx),
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
-                self.credit.set_paused(!flow.active);
-                if flow.active {
-                    self.pump_all(ctx);
+                // RabbitMQ no longer lets clients pause deliveries with channel.flow; prefetch
+                // is the flow control. Only the no-op `active = true` is accepted.
+                if !flow.active {
+                    return Err(ProtocolError::not_implemented("active=false"));
                 }
                 self.reply(
                     ctx,

@@ -8,7 +8,7 @@ use super::{Channel, ChannelContext};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSettings};
 use crate::names::QueueName;
-use crate::queue::QueueSettings;
+use crate::queue::{QueueArguments, QueueSettings};
 
 impl Channel {
     pub(super) fn handle_exchange(
@@ -105,11 +105,17 @@ impl Channel {
                 } else {
                     d.queue.as_str().to_string()
                 };
+                let resolved = if d.passive {
+                    QueueArguments::default()
+                } else {
+                    QueueArguments::parse(&d.arguments, &name, &ctx.vhost.name)?
+                };
                 let settings = QueueSettings {
                     durable: d.durable,
                     exclusive_owner: d.exclusive.then_some(ctx.conn_id),
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
+                    resolved,
                 };
                 let (queue, counts) =
                     ctx.vhost

@@ -12,28 +12,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::connection::outbox::Outbox;
 use crate::names::ConsumerTag;
 
-/// Prefetch and flow state shared by all consumers of one channel.
+/// Prefetch state shared by all consumers of one channel.
 #[derive(Debug, Default)]
 pub struct ChannelCredit {
     /// `basic.qos` with `global = true`; 0 = no limit.
     limit: AtomicU32,
     /// Unacked deliveries on the channel to consumers that ack.
     unacked: AtomicU32,
-    /// `channel.flow` from the client with `active = false`.
-    paused: AtomicBool,
 }
 
 impl ChannelCredit {
     pub fn set_limit(&self, limit: u32) {
         self.limit.store(limit, Ordering::Relaxed);
-    }
-
-    pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.paused.load(Ordering::Relaxed)
     }
 
     fn try_acquire(&self) -> bool {
@@ -100,9 +90,6 @@ impl Consumer {
 
     /// Takes one unit of credit if the consumer may receive a message now.
     pub fn try_take_credit(&self) -> bool {
-        if self.channel_credit.is_paused() {
-            return false;
-        }
         if !self.outbox.has_room() {
             return false;
         }

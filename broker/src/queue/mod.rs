@@ -7,6 +7,7 @@
 //! connection (settle, requeue) and by declares. Nothing awaits while holding it, so a std
 //! mutex is the right tool: no task hop per message, and an uncontended lock is one atomic.
 
+mod arguments;
 mod consumer;
 
 use std::collections::VecDeque;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use amqp_codec::FieldTable;
 
+pub use arguments::{Overflow, QueueArguments, QueueType};
 pub use consumer::{ChannelCredit, Consumer};
 
 use crate::connection::outbox::{Delivery, OutboxItem};
@@ -32,6 +34,8 @@ pub struct QueueSettings {
     pub exclusive_owner: Option<ConnectionId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// `arguments`, checked and resolved.
+    pub resolved: QueueArguments,
 }
 
 #[derive(Debug)]
