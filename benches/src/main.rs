@@ -157,7 +157,6 @@ impl Shared {
 }
 
 /// Everything read at one instant of the run.
-#[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
     self_cpu: Duration,
@@ -166,7 +165,11 @@ struct Snapshot {
     published: u64,
     confirmed: u64,
     consumed: u64,
+    self_threads: Threads,
+    broker_threads: Threads,
 }
+
+type Threads = std::collections::HashMap<u32, (String, Duration)>;
 
 impl Snapshot {
     fn take(shared: &Shared, broker_pid: Option<u32>) -> Self {
@@ -178,6 +181,8 @@ impl Snapshot {
             published: shared.published.load(Ordering::Relaxed),
             confirmed: shared.confirmed.load(Ordering::Relaxed),
             consumed: shared.consumed.load(Ordering::Relaxed),
+            self_threads: measure::thread_cpu(std::process::id()),
+            broker_threads: broker_pid.map(measure::thread_cpu).unwrap_or_default(),
         }
     }
 }
@@ -364,6 +369,14 @@ fn report(
         .saturating_sub(broker_cpu.unwrap_or_default());
     let others_pct = 100.0 * others.as_secs_f64() / secs;
     let q = |x: f64| hist.quantile(x) as f64 / 1000.0;
+    let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs;
+    let gen_top = measure::busiest_thread(&start.self_threads, &end.self_threads);
+    let broker_top = measure::busiest_thread(&start.broker_threads, &end.broker_threads);
+    let top = |t: &Option<(String, Duration)>| {
+        t.as_ref().map_or(String::new(), |(name, d)| {
+            format!("; busiest thread {name} {:.0}%", pct(*d))
+        })
+    };
 
     println!(
         "== {} against {} ({}) ==",
@@ -418,15 +431,17 @@ fn report(
         hist.count()
     );
     println!(
-        "generator: {:.2} us CPU/msg, {:.0}% of a core",
+        "generator: {:.2} us CPU/msg, {:.0}% of a core{}",
         us(gen_cpu) / msgs,
-        100.0 * gen_cpu.as_secs_f64() / secs
+        pct(gen_cpu),
+        top(&gen_top)
     );
     if let Some(b) = broker_cpu {
         println!(
-            "broker:    {:.2} us CPU/msg, {:.0}% of a core",
+            "broker:    {:.2} us CPU/msg, {:.0}% of a core{}",
             us(b) / msgs,
-            100.0 * b.as_secs_f64() / secs
+            pct(b),
+            top(&broker_top)
         );
     }
     println!(
@@ -438,7 +453,7 @@ fn report(
     let broker_us = broker_cpu.map_or(-1.0, |b| us(b) / msgs);
     let broker_pct = broker_cpu.map_or(-1.0, |b| 100.0 * b.as_secs_f64() / secs);
     println!(
-        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
+        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
         args.label,
         args.scenario,
         published as f64 / secs,
@@ -448,9 +463,11 @@ fn report(
         q(0.99),
         q(0.999),
         us(gen_cpu) / msgs,
-        100.0 * gen_cpu.as_secs_f64() / secs,
+        pct(gen_cpu),
+        gen_top.as_ref().map_or(-1.0, |(_, d)| pct(*d)),
         broker_us,
         broker_pct,
+        broker_top.as_ref().map_or(-1.0, |(_, d)| pct(*d)),
         machine_pct,
         others_pct,
         backlog

@@ -1,6 +1,7 @@
 //! What the report is made of: CPU time of this process, of the broker, of the machine, and a
 //! fixed-size latency histogram.
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
@@ -31,7 +32,11 @@ fn ticks(t: u64) -> Duration {
 
 /// utime + stime of another process (all its threads), from `/proc/<pid>/stat`.
 pub fn process_cpu(pid: u32) -> io::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
+}
+
+/// utime + stime from the text of a `/proc/.../stat` file.
+fn parse_stat_cpu(stat: &str) -> io::Result<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces: split after it.
     let after = stat
         .rfind(')')
@@ -48,7 +53,52 @@ pub fn process_cpu(pid: u32) -> io::Result<Duration> {
     Ok(ticks(field(11)? + field(12)?))
 }
 
+/// CPU time of every thread of a process, by thread id, with the thread's name.
+pub fn thread_cpu(pid: u32) -> HashMap<u32, (String, Duration)> {
+    let mut threads = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let name = match (stat.find('('), stat.rfind(')')) {
+            (Some(a), Some(b)) if a < b => stat[a + 1..b].to_string(),
+            _ => String::new(),
+        };
+        if let Ok(cpu) = parse_stat_cpu(&stat) {
+            threads.insert(tid, (name, cpu));
+        }
+    }
+    threads
+}
+
+/// The thread that used the most CPU between two [`thread_cpu`] readings: name and time.
+pub fn busiest_thread(
+    before: &HashMap<u32, (String, Duration)>,
+    after: &HashMap<u32, (String, Duration)>,
+) -> Option<(String, Duration)> {
+    after
+        .iter()
+        .map(|(tid, (name, cpu))| {
+            let base = before.get(tid).map_or(Duration::ZERO, |(_, c)| *c);
+            (name.clone(), cpu.saturating_sub(base))
+        })
+        .max_by_key(|(_, d)| *d)
+}
+
 /// Busy and total CPU time of the whole machine, from the first line of `/proc/stat`.
+///
+/// The kernel samples this at timer ticks, so it undercounts short bursts of work between ticks
+/// on a mostly idle machine; under load it is accurate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MachineCpu {
     pub busy: Duration,
