@@ -121,6 +121,11 @@ impl RawProperties {
         self.field(PropertyFlags::EXPIRATION).map(|s| &s[1..])
     }
 
+    /// The `user_id` property's text.
+    pub fn user_id(&self) -> Option<&[u8]> {
+        self.field(PropertyFlags::USER_ID).map(|s| &s[1..])
+    }
+
     /// The `headers` table, parsed.
     pub fn headers(&self) -> Option<FieldTable> {
         let raw = self.field(PropertyFlags::HEADERS)?;

@@ -30,6 +30,8 @@ use unacked::{Unacked, UnackedMap, settle};
 /// What a channel needs from its connection while it handles a frame.
 pub struct ChannelContext<'a> {
     pub conn_id: ConnectionId,
+    /// The authenticated user, for `user_id` checks.
+    pub user: &'a str,
     pub vhost: &'a Arc<VHost>,
     pub outbox: &'a Arc<Outbox>,
     /// Frames to send, flushed by the connection after the read batch.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use amqp_codec::protocol::{AMQPClass, basic};
-use amqp_codec::{ContentHeader, Publish, encode};
+use amqp_codec::{ContentHeader, Publish, RawProperties, encode};
 use bytes::{Bytes, BytesMut};
 
 use super::{Channel, ChannelContext};
@@ -88,6 +88,36 @@ impl Confirms {
             sent_up_to: 0,
         }
     }
+}
+
+/// RabbitMQ's publish-time property checks: `expiration` must be a non-negative integer and
+/// `user_id`, when set, must name the connection's user.
+fn check_properties(properties: &RawProperties, user: &str) -> ProtocolResult {
+    if let Some(expiration) = properties.expiration() {
+        let text = String::from_utf8_lossy(expiration);
+        let valid = !expiration.is_empty()
+            && expiration.iter().all(u8::is_ascii_digit)
+            && text.parse::<u64>().is_ok();
+        if !valid {
+            let reason = if text.starts_with('-') {
+                "value_negative"
+            } else {
+                "no_integer"
+            };
+            return Err(ProtocolError::precondition_failed(format!(
+                "invalid expiration '{text}': {reason}"
+            )));
+        }
+    }
+    if let Some(user_id) = properties.user_id()
+        && user_id != user.as_bytes()
+    {
+        return Err(ProtocolError::precondition_failed(format!(
+            "user_id property set to '{}' but authenticated user was '{user}'",
+            String::from_utf8_lossy(user_id)
+        )));
+    }
+    Ok(())
 }
 
 impl Channel {
@@ -184,6 +214,7 @@ impl Channel {
             ))
             .on((60, 40)));
         }
+        check_properties(&header.properties, ctx.user).map_err(|e| e.on((60, 40)))?;
         let message = Arc::new(Message {
             exchange: publish.exchange,
             routing_key: publish.routing_key,

@@ -323,6 +323,7 @@ impl Connection {
             (Some(ChannelSlot::Open(ch)), _) => {
                 let mut ctx = ChannelContext {
                     conn_id: self.id,
+                    user: &session.user,
                     vhost: &session.vhost,
                     outbox: &self.outbox,
                     out: &mut self.out,
