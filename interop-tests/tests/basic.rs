@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::raw::{RawClient, frame_bytes};
 use common::*;
 use futures_lite::StreamExt;
 use lapin::message::{BasicGetMessage, Delivery};
@@ -789,5 +790,36 @@ async fn immediate_publish_closes_the_connection_with_540() {
             BasicProperties::default(),
         )
         .await;
+    expect_connection_close(&mut events, code::NOT_IMPLEMENTED).await;
+}
+
+/// RabbitMQ does not implement a byte-based prefetch window: `prefetch_size != 0` closes the
+/// connection with 540 NOT_IMPLEMENTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_with_prefetch_size_closes_the_connection_with_540() {
+    let broker = TestBroker::start().await;
+    let (mut c, _) = RawClient::open(broker.addr()).await;
+    c.open_channel(1).await;
+    // amq-protocol drops prefetch_size, so the frame is built by hand: class 60 method 10,
+    // prefetch-size 65536, prefetch-count 0, global 0.
+    let mut payload = vec![0, 60, 0, 10];
+    payload.extend_from_slice(&65536u32.to_be_bytes());
+    payload.extend_from_slice(&0u16.to_be_bytes());
+    payload.push(0);
+    c.send_bytes(&frame_bytes(1, 1, &payload, 0xCE)).await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.reply_code, code::NOT_IMPLEMENTED, "{close:?}");
+}
+
+/// `basic.recover{requeue=false}` is not implemented by RabbitMQ: 540 on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_without_requeue_closes_the_connection_with_540() {
+    let (_b, conn, ch) = setup_channel().await;
+    let mut events = conn.events_listener();
+    let _ = within(
+        "basic.recover",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
     expect_connection_close(&mut events, code::NOT_IMPLEMENTED).await;
 }

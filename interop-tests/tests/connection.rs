@@ -300,3 +300,56 @@ async fn broker_shutdown_closes_connections_with_320_connection_forced() {
     broker.shutdown().await;
     expect_connection_close(&mut events, code::CONNECTION_FORCED).await;
 }
+
+/// RabbitMQ counts open channels against the negotiated channel_max and refuses one more with
+/// 530 NOT_ALLOWED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_more_channels_than_channel_max_closes_with_530() {
+    let broker = TestBroker::start_with(|c| c.channel_max = 4).await;
+    let (mut c, hs) = RawClient::open(broker.addr()).await;
+    assert_eq!(hs.tune.channel_max, 4);
+    for ch in 1..=4 {
+        c.open_channel(ch).await;
+    }
+    c.send_method(
+        5,
+        AMQPClass::Channel(amqp_codec::protocol::channel::AMQPMethod::Open(
+            amqp_codec::protocol::channel::Open {},
+        )),
+    )
+    .await;
+    let close = c.expect_connection_close().await;
+    assert_eq!(close.reply_code, code::NOT_ALLOWED, "{close:?}");
+}
+
+/// A client that negotiated heartbeats and then goes silent is dropped after about two missed
+/// intervals (RabbitMQ closes the socket without a close frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_disconnected_after_missed_heartbeats() {
+    let broker = TestBroker::start_with(|c| c.heartbeat = 1).await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.start("guest", "guest").await;
+    let tune = match c.read_method().await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) => t,
+        other => panic!("expected tune, got {other:?}"),
+    };
+    c.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+            channel_max: tune.channel_max,
+            frame_max: tune.frame_max,
+            heartbeat: 1,
+        })),
+    )
+    .await;
+    c.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
+    )
+    .await;
+    // From here on the client sends nothing; read_to_eof fails the test if the broker never
+    // closes the socket within the timeout.
+    c.read_to_eof().await;
+}
