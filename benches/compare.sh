@@ -6,7 +6,8 @@
 # against both in alternation, prints a Markdown table, and stops both brokers on exit.
 #
 # Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...] [--rabbit-only]
-# Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1.
+# Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1,
+#   QUIET_WAIT (20): seconds to wait before each run for the machine to be under 25% busy.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -168,6 +169,29 @@ start_warren() {
 
 LOAD="$ROOT/target/release/warren-load"
 
+# Percentage of all cores busy over one second, from /proc/stat.
+machine_busy_pct() {
+    local u n s i w q sq st t1 i1 t2 i2
+    read -r _ u n s i w q sq st _ </proc/stat
+    t1=$((u + n + s + i + w + q + sq + st)) i1=$((i + w))
+    sleep 1
+    read -r _ u n s i w q sq st _ </proc/stat
+    t2=$((u + n + s + i + w + q + sq + st)) i2=$((i + w))
+    [ $((t2 - t1)) -gt 0 ] || { echo 0; return; }
+    echo $((100 * ((t2 - t1) - (i2 - i1)) / (t2 - t1)))
+}
+
+# Other work on the machine (builds, tests) skews a run: give it QUIET_WAIT seconds to calm down.
+wait_quiet() {
+    local limit=${QUIET_WAIT:-20} waited=0 busy
+    while [ "$waited" -lt "$limit" ]; do
+        busy=$(machine_busy_pct)
+        [ "$busy" -lt 25 ] && return 0
+        waited=$((waited + 1))
+    done
+    log "machine still ${busy}% busy after ${limit} s; running anyway (see 'other processes')"
+}
+
 # run_one BROKER SCENARIO ROUND: one warren-load run; appends "broker scenario key value" lines.
 run_one() {
     local broker=$1 scenario=$2 round=$3 port pid out
@@ -176,6 +200,7 @@ run_one() {
         log "$broker is not running: skipping $scenario"
         return 0
     fi
+    wait_quiet
     log "round $round: $scenario on $broker"
     # shellcheck disable=SC2046
     if out=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 60)) "$LOAD" --addr "127.0.0.1:$port" \
@@ -250,7 +275,10 @@ awk -v scenarios="$SCENARIOS" '
                 row(s, "p99.9 latency µs", "p999_us", 0)
             }
             row(s, "broker CPU µs/msg", "broker_us_per_msg", 2)
+            row(s, "broker CPU, % of a core", "broker_cpu_pct", 0)
+            if (s ~ /persistent/) row(s, "broker disk writes, bytes/msg", "broker_disk_bytes_per_msg", 0)
             row(s, "generator CPU µs/msg", "gen_us_per_msg", 2)
+            row(s, "generator busiest thread, % of a core", "gen_top_thread_pct", 0)
             row(s, "other processes, % of a core", "others_cpu_pct", 0)
         }
     }' "$RESULTS"

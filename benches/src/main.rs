@@ -161,6 +161,7 @@ struct Snapshot {
     at: Instant,
     self_cpu: Duration,
     broker_cpu: Option<Duration>,
+    broker_disk_writes: Option<u64>,
     machine: MachineCpu,
     published: u64,
     confirmed: u64,
@@ -177,6 +178,7 @@ impl Snapshot {
             at: Instant::now(),
             self_cpu: measure::self_cpu(),
             broker_cpu: broker_pid.and_then(|pid| measure::process_cpu(pid).ok()),
+            broker_disk_writes: broker_pid.and_then(measure::process_disk_writes),
             machine: measure::machine_cpu(),
             published: shared.published.load(Ordering::Relaxed),
             confirmed: shared.confirmed.load(Ordering::Relaxed),
@@ -444,6 +446,17 @@ fn report(
             top(&broker_top)
         );
     }
+    let disk = match (start.broker_disk_writes, end.broker_disk_writes) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    if let Some(d) = disk {
+        println!(
+            "broker:    wrote {:.1} MB/s to storage, {:.0} bytes/msg",
+            d as f64 / secs / 1e6,
+            d as f64 / msgs
+        );
+    }
     println!(
         "machine:   {machine_pct:.0}% of all cores busy; other processes used {others_pct:.0}% of a core"
     );
@@ -453,7 +466,7 @@ fn report(
     let broker_us = broker_cpu.map_or(-1.0, |b| us(b) / msgs);
     let broker_pct = broker_cpu.map_or(-1.0, |b| 100.0 * b.as_secs_f64() / secs);
     println!(
-        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
+        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} broker_disk_bytes_per_msg={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
         args.label,
         args.scenario,
         published as f64 / secs,
@@ -468,6 +481,7 @@ fn report(
         broker_us,
         broker_pct,
         broker_top.as_ref().map_or(-1.0, |(_, d)| pct(*d)),
+        disk.map_or(-1.0, |d| d as f64 / msgs),
         machine_pct,
         others_pct,
         backlog

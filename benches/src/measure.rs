@@ -53,6 +53,14 @@ fn parse_stat_cpu(stat: &str) -> io::Result<Duration> {
     Ok(ticks(field(11)? + field(12)?))
 }
 
+/// Bytes a process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`).
+pub fn process_disk_writes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// CPU time of every thread of a process, by thread id, with the thread's name.
 pub fn thread_cpu(pid: u32) -> HashMap<u32, (String, Duration)> {
     let mut threads = HashMap::new();
