@@ -1,0 +1,215 @@
+//! Keys and values as bytes on disk.
+//!
+//! Integers in keys are big-endian so that a queue's entries scan in sequence order. Values use a
+//! small length-prefixed layout with a leading format byte; decoding checks every length, so a
+//! damaged record is a `StorageError::Corrupt`, never a panic.
+//!
+//! | keyspace      | key                                   | value                                  |
+//! |---------------|---------------------------------------|----------------------------------------|
+//! | `meta`        | kind (u8) ++ opaque key               | opaque value                           |
+//! | `messages`    | message id (u64 BE)                   | 1 ++ (u32 BE len ++ bytes) x 3 ++ body |
+//! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | message id u64, delivery count u32, flags u8, size u32 (BE) |
+
+use bytes::Bytes;
+
+use crate::{IndexEntry, MessageId, MetaKind, QueueId, Seq, StorageError, StoredMessage};
+
+const MESSAGE_FORMAT: u8 = 1;
+const FLAG_DELIVERED: u8 = 1;
+pub(crate) const INDEX_KEY_LEN: usize = 16;
+const INDEX_VALUE_LEN: usize = 17;
+
+/// Meta kind byte for the store's own records (format version, message id ceiling).
+const INTERNAL_KIND: u8 = 0xFF;
+pub(crate) const FORMAT_KEY: &[u8] = &[INTERNAL_KIND, b'f'];
+pub(crate) const ID_CEILING_KEY: &[u8] = &[INTERNAL_KIND, b'i'];
+pub(crate) const STORE_FORMAT: u8 = 1;
+
+pub(crate) fn meta_kind_byte(kind: MetaKind) -> u8 {
+    match kind {
+        MetaKind::Vhost => 1,
+        MetaKind::User => 2,
+        MetaKind::Exchange => 3,
+        MetaKind::Queue => 4,
+        MetaKind::Binding => 5,
+    }
+}
+
+pub(crate) fn meta_key(kind: MetaKind, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(meta_kind_byte(kind));
+    out.extend_from_slice(key);
+    out
+}
+
+pub(crate) fn message_key(id: MessageId) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub(crate) fn decode_message_key(key: &[u8]) -> Result<MessageId, StorageError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StorageError::corrupt(format!("message key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+pub(crate) fn index_key(queue: QueueId, seq: Seq) -> [u8; INDEX_KEY_LEN] {
+    let mut out = [0; INDEX_KEY_LEN];
+    out[..8].copy_from_slice(&queue.to_be_bytes());
+    out[8..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+pub(crate) fn queue_prefix(queue: QueueId) -> [u8; 8] {
+    queue.to_be_bytes()
+}
+
+pub(crate) fn decode_index_key(key: &[u8]) -> Result<(QueueId, Seq), StorageError> {
+    if key.len() != INDEX_KEY_LEN {
+        return Err(StorageError::corrupt(format!(
+            "queue index key of {} bytes",
+            key.len()
+        )));
+    }
+    Ok((be_u64(&key[..8])?, be_u64(&key[8..])?))
+}
+
+pub(crate) fn encode_index_value(entry: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
+    let mut out = [0; INDEX_VALUE_LEN];
+    out[..8].copy_from_slice(&entry.message_id.to_be_bytes());
+    out[8..12].copy_from_slice(&entry.delivery_count.to_be_bytes());
+    out[12] = if entry.delivered { FLAG_DELIVERED } else { 0 };
+    out[13..].copy_from_slice(&entry.size.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_index_value(seq: Seq, value: &[u8]) -> Result<IndexEntry, StorageError> {
+    if value.len() != INDEX_VALUE_LEN {
+        return Err(StorageError::corrupt(format!(
+            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            value.len()
+        )));
+    }
+    Ok(IndexEntry {
+        seq,
+        message_id: be_u64(&value[..8])?,
+        delivery_count: be_u32(&value[8..12])?,
+        delivered: value[12] & FLAG_DELIVERED != 0,
+        size: be_u32(&value[13..])?,
+    })
+}
+
+/// Just the message id of an index value (recovery and GC never need the rest).
+pub(crate) fn index_value_message_id(value: &[u8]) -> Result<MessageId, StorageError> {
+    match value.get(..8) {
+        Some(id) if value.len() == INDEX_VALUE_LEN => be_u64(id),
+        _ => Err(StorageError::corrupt(format!(
+            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            value.len()
+        ))),
+    }
+}
+
+pub(crate) fn encode_message(message: &StoredMessage) -> Vec<u8> {
+    let fields = [&message.exchange, &message.routing_key, &message.properties];
+    let len = 1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>() + message.body.len();
+    let mut out = Vec::with_capacity(len);
+    out.push(MESSAGE_FORMAT);
+    for field in fields {
+        // AMQP bounds these far below 4 GiB (shortstr names, a frame's property list).
+        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(&message.body);
+    out
+}
+
+pub(crate) fn decode_message(id: MessageId, value: &[u8]) -> Result<StoredMessage, StorageError> {
+    let corrupt = |why: &str| StorageError::corrupt(format!("message {id}: {why}"));
+    let Some((&format, mut rest)) = value.split_first() else {
+        return Err(corrupt("empty record"));
+    };
+    if format != MESSAGE_FORMAT {
+        return Err(corrupt(&format!("unknown record format {format}")));
+    }
+    // One copy out of the engine's buffer; the four fields are slices of it.
+    let all = Bytes::copy_from_slice(value);
+    let mut fields = [Bytes::new(), Bytes::new(), Bytes::new()];
+    for field in &mut fields {
+        let (len, tail) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| corrupt("truncated length"))?;
+        let len = be_u32(len)? as usize;
+        if tail.len() < len {
+            return Err(corrupt("field longer than the record"));
+        }
+        let start = value.len() - tail.len();
+        *field = all.slice(start..start + len);
+        rest = &tail[len..];
+    }
+    let [exchange, routing_key, properties] = fields;
+    Ok(StoredMessage {
+        exchange,
+        routing_key,
+        properties,
+        body: all.slice(value.len() - rest.len()..),
+    })
+}
+
+pub(crate) fn be_u64(bytes: &[u8]) -> Result<u64, StorageError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StorageError::corrupt(format!("u64 of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn be_u32(bytes: &[u8]) -> Result<u32, StorageError> {
+    let arr: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| StorageError::corrupt(format!("u32 of {} bytes", bytes.len())))?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trips_and_truncation_is_corrupt() {
+        let message = StoredMessage {
+            exchange: Bytes::from_static(b"amq.direct"),
+            routing_key: Bytes::from_static(b"rk"),
+            properties: Bytes::from_static(&[0x80, 0, 1]),
+            body: Bytes::from_static(b"hello body"),
+        };
+        let encoded = encode_message(&message);
+        assert_eq!(decode_message(7, &encoded).unwrap(), message);
+        for cut in 0..encoded.len() - message.body.len() {
+            assert!(decode_message(7, &encoded[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn index_entry_round_trips() {
+        let entry = IndexEntry {
+            seq: 9,
+            message_id: u64::MAX - 3,
+            delivery_count: 4,
+            delivered: true,
+            size: 1234,
+        };
+        assert_eq!(
+            decode_index_value(9, &encode_index_value(&entry)).unwrap(),
+            entry
+        );
+        assert_eq!(decode_index_key(&index_key(3, 9)).unwrap(), (3, 9));
+        assert!(decode_index_value(9, &[0; 5]).is_err());
+        assert!(decode_index_key(&[0; 15]).is_err());
+    }
+
+    #[test]
+    fn index_keys_sort_by_queue_then_seq() {
+        assert!(index_key(1, u64::MAX) < index_key(2, 0));
+        assert!(index_key(1, 255) < index_key(1, 256));
+    }
+}

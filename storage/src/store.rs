@@ -1,0 +1,346 @@
+//! The `Store` handle: opening the database, reads, metadata, and the door to the writer.
+//!
+//! Reads go straight to fjall from the caller's thread and see every committed batch. Writes go
+//! through the single writer thread (`writer`), including metadata, so that all changes are
+//! ordered one after another and share fsyncs.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::thread::{JoinHandle, ThreadId};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions};
+
+use crate::codec;
+use crate::writer::{Counters, Submission, Work, Writer};
+use crate::{
+    DurableCallback, IndexEntry, MessageId, MetaKind, MetaRecord, QueueId, Seq, StorageError,
+    StoreOptions, StoreStats, StoredMessage, WriteOp,
+};
+
+/// Ids are reserved on disk this many at a time, so `next_message_id` never waits for a disk
+/// write and ids still never repeat across restarts.
+pub(crate) const ID_BLOCK: u64 = 1 << 20;
+
+/// Message values at least this big live in fjall's blob files instead of the LSM tree, so
+/// compactions do not rewrite bodies.
+const BLOB_THRESHOLD: u32 = 4 * 1024;
+
+/// The three keyspaces; cheap to clone (handles).
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    pub(crate) meta: Keyspace,
+    pub(crate) messages: Keyspace,
+    pub(crate) index: Keyspace,
+}
+
+/// A handle on the message store; clones share one database and one writer thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    ks: Keyspaces,
+    /// The writer's queue. Unbounded on purpose: `submit` must never block a broker task, and
+    /// the broker's memory alarm bounds what can be in flight.
+    sender: Option<Sender<Submission>>,
+    writer: Option<JoinHandle<()>>,
+    /// Blocking calls made from an `on_durable` callback would wait on themselves.
+    writer_thread: ThreadId,
+    /// The next id to hand out.
+    next_id: AtomicU64,
+    /// Ids below this are covered by a reservation submitted to the writer.
+    id_ceiling: AtomicU64,
+    counters: Arc<Counters>,
+    /// Kept so the database lives as long as any handle, whatever the writer thread does.
+    _db: Database,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer commit what is left and exit; joining it means the
+        // database lock is released once the last handle is gone, so the directory can be
+        // reopened at once. If the last handle dies inside a callback, that is the writer
+        // thread itself: it exits by itself after the callback returns.
+        drop(self.sender.take());
+        if std::thread::current().id() != self.writer_thread
+            && let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("storage writer thread panicked");
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating) the database under `dir`, recovers reference counts, removes orphan
+    /// messages, and starts the writer thread.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StorageError> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|source| StorageError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        // fjall decodes its own files with a few `expect`s; a damaged directory must still be
+        // an error, not a crashed broker.
+        let opened = catch_unwind(AssertUnwindSafe(|| open_database(&path)));
+        let (db, ks) = match opened {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(StorageError::Damaged {
+                    path,
+                    reason: "the storage engine panicked while reading it".into(),
+                });
+            }
+        };
+
+        let recovered = crate::recovery::recover(&db, &ks)?;
+
+        let counters = Arc::new(Counters::default());
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer::new(
+            db.clone(),
+            ks.clone(),
+            receiver,
+            options.commit_interval,
+            recovered.multi_refs,
+            recovered.id_ceiling,
+            counters.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("warren-storage-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StorageError::Open {
+                path: path.clone(),
+                source: fjall::Error::Io(source),
+            })?;
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                ks,
+                writer_thread: handle.thread().id(),
+                sender: Some(sender),
+                writer: Some(handle),
+                next_id: AtomicU64::new(recovered.next_id),
+                id_ceiling: AtomicU64::new(recovered.id_ceiling),
+                counters,
+                _db: db,
+            }),
+        })
+    }
+
+    /// Queues ops for the group-commit writer. `on_durable` runs on the writer thread once the
+    /// batch holding these ops is committed and fsynced, with `Err` if it was not. Ops of one
+    /// submit are applied in order, submissions in submission order. Never blocks.
+    ///
+    /// Callbacks must be quick and must not call [`Store::flush`], [`Store::put_meta`] or
+    /// [`Store::delete_meta`] (those return `OnWriterThread`).
+    pub fn submit(&self, ops: Vec<WriteOp>, on_durable: Option<DurableCallback>) {
+        self.send(Submission {
+            work: Work::Ops(ops),
+            on_durable,
+        });
+    }
+
+    /// Blocks until everything submitted before the call is durable.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.submit_and_wait("flush", Work::Barrier)
+    }
+
+    /// Reads a message back; `None` if no committed batch holds it.
+    pub fn read_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StorageError> {
+        match self.inner.ks.messages.get(codec::message_key(id))? {
+            Some(value) => codec::decode_message(id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` index entries of `queue` with seq >= `from`, in seq order. Costs one range
+    /// seek plus the entries returned and any deletion tombstones between `from` and them, so
+    /// pass the queue's head position, never 0 out of habit.
+    pub fn read_entries(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, StorageError> {
+        let start = codec::index_key(queue, from);
+        let end = codec::index_key(queue, Seq::MAX);
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        for guard in self.inner.ks.index.range(start..=end).take(limit) {
+            let (key, value) = guard.into_inner()?;
+            let (_, seq) = codec::decode_index_key(&key)?;
+            entries.push(codec::decode_index_value(seq, &value)?);
+        }
+        Ok(entries)
+    }
+
+    /// A fresh id; ids never repeat, also across restarts.
+    pub fn next_message_id(&self) -> MessageId {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let ceiling = self.inner.id_ceiling.load(Ordering::Relaxed);
+        // Reserve the next block while half of this one is still left, so the reservation is
+        // on disk long before any id it covers is handed out.
+        if id.saturating_add(ID_BLOCK / 2) >= ceiling {
+            let raised = id.saturating_add(ID_BLOCK);
+            if self
+                .inner
+                .id_ceiling
+                .compare_exchange(ceiling, raised, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.send(Submission {
+                    work: Work::RaiseIdCeiling(raised),
+                    on_durable: None,
+                });
+            }
+        }
+        id
+    }
+
+    /// Stores a metadata record; durable (fsynced) before it returns.
+    pub fn put_meta(&self, kind: MetaKind, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let work = Work::PutMeta {
+            key: codec::meta_key(kind, key),
+            value: value.to_vec(),
+        };
+        self.submit_and_wait("put_meta", work)
+    }
+
+    /// Deletes a metadata record; durable (fsynced) before it returns.
+    pub fn delete_meta(&self, kind: MetaKind, key: &[u8]) -> Result<(), StorageError> {
+        let work = Work::DeleteMeta {
+            key: codec::meta_key(kind, key),
+        };
+        self.submit_and_wait("delete_meta", work)
+    }
+
+    /// Every record of one kind, in key order.
+    pub fn load_meta(&self, kind: MetaKind) -> Result<Vec<MetaRecord>, StorageError> {
+        let prefix = [codec::meta_kind_byte(kind)];
+        let mut records = Vec::new();
+        for guard in self.inner.ks.meta.prefix(prefix) {
+            let (key, value) = guard.into_inner()?;
+            records.push((key[1..].to_vec(), value.to_vec()));
+        }
+        Ok(records)
+    }
+
+    /// Free bytes (available to this user) on the filesystem holding the store.
+    pub fn disk_free(&self) -> Result<u64, StorageError> {
+        disk_free(&self.inner.path)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn send(&self, submission: Submission) {
+        let Some(sender) = &self.inner.sender else {
+            return;
+        };
+        if let Err(mpsc::SendError(submission)) = sender.send(submission)
+            && let Some(callback) = submission.on_durable
+        {
+            callback(Err(StorageError::WriterStopped));
+        }
+    }
+
+    fn submit_and_wait(&self, call: &'static str, work: Work) -> Result<(), StorageError> {
+        if std::thread::current().id() == self.inner.writer_thread {
+            return Err(StorageError::OnWriterThread { call });
+        }
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(Submission {
+            work,
+            on_durable: Some(Box::new(move |result| {
+                let _ = done.send(result);
+            })),
+        });
+        // A dropped callback (writer gone) closes the channel.
+        wait.recv().unwrap_or(Err(StorageError::WriterStopped))
+    }
+}
+
+fn open_database(path: &Path) -> Result<(Database, Keyspaces), StorageError> {
+    let open_error = |source: fjall::Error| classify_open_error(path, source);
+    let db = Database::builder(path).open().map_err(open_error)?;
+    let meta = db
+        .keyspace("meta", KeyspaceCreateOptions::default)
+        .map_err(open_error)?;
+    let messages = db
+        .keyspace("messages", || {
+            KeyspaceCreateOptions::default().with_kv_separation(Some(
+                KvSeparationOptions::default().separation_threshold(BLOB_THRESHOLD),
+            ))
+        })
+        .map_err(open_error)?;
+    let index = db
+        .keyspace("queue_index", KeyspaceCreateOptions::default)
+        .map_err(open_error)?;
+    Ok((
+        db,
+        Keyspaces {
+            meta,
+            messages,
+            index,
+        },
+    ))
+}
+
+fn classify_open_error(path: &Path, source: fjall::Error) -> StorageError {
+    let path = path.to_path_buf();
+    let reason = match &source {
+        fjall::Error::Locked => return StorageError::Locked { path },
+        fjall::Error::Io(_) | fjall::Error::Poisoned => {
+            return StorageError::Open { path, source };
+        }
+        fjall::Error::InvalidVersion(Some(version)) => {
+            format!("unsupported database format version {version:?}")
+        }
+        fjall::Error::InvalidVersion(None) => "unreadable format version marker".to_string(),
+        fjall::Error::JournalRecovery(e) => format!("journal cannot be recovered: {e:?}"),
+        other => format!("{other:?}"),
+    };
+    StorageError::Damaged { path, reason }
+}
+
+#[cfg(unix)]
+fn disk_free(path: &Path) -> Result<u64, StorageError> {
+    let stat = rustix::fs::statvfs(path).map_err(|errno| StorageError::DiskFree {
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn disk_free(path: &Path) -> Result<u64, StorageError> {
+    Err(StorageError::DiskFree {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::Unsupported, "statvfs needs unix"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_bodies_use_key_value_separation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(store.inner.ks.messages.is_kv_separated());
+        assert!(!store.inner.ks.index.is_kv_separated());
+    }
+}

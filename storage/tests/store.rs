@@ -1,0 +1,488 @@
+//! Behaviour of the message store through its public API, on real temporary directories.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use warren_storage::{
+    IndexEntry, MessageId, MetaKind, StorageError, Store, StoreOptions, StoredMessage, WriteOp,
+};
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, StoreOptions::default()).expect("open store")
+}
+
+fn message(body: &str) -> StoredMessage {
+    StoredMessage {
+        exchange: Bytes::from_static(b"amq.direct"),
+        routing_key: Bytes::from_static(b"key"),
+        properties: Bytes::from_static(&[0x10, 0x00, 0x02]),
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
+    IndexEntry {
+        seq,
+        message_id,
+        delivery_count: 0,
+        delivered: false,
+        size: 10,
+    }
+}
+
+fn put(id: MessageId, body: &str, references: u32) -> WriteOp {
+    WriteOp::PutMessage {
+        id,
+        message: message(body),
+        references,
+    }
+}
+
+fn enqueue(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
+    WriteOp::Enqueue {
+        queue,
+        entry: entry(seq, message_id),
+    }
+}
+
+fn remove(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
+    WriteOp::Remove {
+        queue,
+        seq,
+        message_id,
+    }
+}
+
+/// Submits and waits for the batch's callback, returning its result.
+fn write(store: &Store, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+    let (tx, rx) = mpsc::channel();
+    store.submit(
+        ops,
+        Some(Box::new(move |result| {
+            tx.send(result).unwrap();
+        })),
+    );
+    rx.recv().unwrap()
+}
+
+fn seqs(entries: &[IndexEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn a_put_message_reads_back_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = store.next_message_id();
+    write(&store, vec![put(id, "hello", 1), enqueue(1, 0, id)]).unwrap();
+    assert_eq!(store.read_message(id).unwrap(), Some(message("hello")));
+    assert_eq!(store.read_message(id + 1).unwrap(), None);
+}
+
+#[test]
+fn a_large_body_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let body: String = (0..2_000_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    write(&store, vec![put(1, &body, 1), enqueue(1, 0, 1)]).unwrap();
+    assert_eq!(store.read_message(1).unwrap(), Some(message(&body)));
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.read_message(1).unwrap(), Some(message(&body)));
+}
+
+#[test]
+fn read_entries_returns_one_queue_in_seq_order_from_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut ops = Vec::new();
+    for seq in [5u64, 1, 3, 2, 4, 300, 256] {
+        ops.push(put(seq, "m", 1));
+        ops.push(enqueue(7, seq, seq));
+    }
+    ops.push(put(1000, "other queue", 1));
+    ops.push(enqueue(6, 1, 1000));
+    ops.push(put(1001, "other queue", 1));
+    ops.push(enqueue(8, 0, 1001));
+    write(&store, ops).unwrap();
+
+    assert_eq!(
+        seqs(&store.read_entries(7, 0, 100).unwrap()),
+        [1, 2, 3, 4, 5, 256, 300]
+    );
+    assert_eq!(seqs(&store.read_entries(7, 3, 2).unwrap()), [3, 4]);
+    assert_eq!(seqs(&store.read_entries(7, 6, 100).unwrap()), [256, 300]);
+    assert_eq!(
+        seqs(&store.read_entries(7, 301, 100).unwrap()),
+        Vec::<u64>::new()
+    );
+    let first = store.read_entries(7, 0, 1).unwrap();
+    assert_eq!(first, [entry(1, 1)]);
+}
+
+#[test]
+fn remove_deletes_a_single_reference_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(&store, vec![put(1, "a", 1), enqueue(1, 0, 1)]).unwrap();
+    write(&store, vec![remove(1, 0, 1)]).unwrap();
+    assert_eq!(store.read_message(1).unwrap(), None);
+    assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn put_then_remove_in_one_submission_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(
+        &store,
+        vec![put(1, "a", 1), enqueue(1, 0, 1), remove(1, 0, 1)],
+    )
+    .unwrap();
+    assert_eq!(store.read_message(1).unwrap(), None);
+    assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn a_multi_reference_message_lives_until_the_last_queue_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(
+        &store,
+        vec![
+            put(1, "fanout", 3),
+            enqueue(10, 0, 1),
+            enqueue(11, 0, 1),
+            enqueue(12, 5, 1),
+        ],
+    )
+    .unwrap();
+    write(&store, vec![remove(10, 0, 1)]).unwrap();
+    assert!(store.read_message(1).unwrap().is_some());
+    // Ops for the same message within one batch.
+    store.submit(vec![remove(11, 0, 1)], None);
+    write(&store, vec![]).unwrap();
+    assert!(store.read_message(1).unwrap().is_some());
+    write(&store, vec![remove(12, 5, 1)]).unwrap();
+    assert_eq!(store.read_message(1).unwrap(), None);
+}
+
+#[test]
+fn drop_queue_removes_its_entries_and_releases_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(
+        &store,
+        vec![
+            put(1, "shared", 2),
+            enqueue(1, 0, 1),
+            enqueue(2, 0, 1),
+            put(2, "only in queue 1", 1),
+            enqueue(1, 1, 2),
+        ],
+    )
+    .unwrap();
+    // An entry written in the same batch as the drop goes too.
+    write(
+        &store,
+        vec![
+            put(3, "late", 1),
+            enqueue(1, 2, 3),
+            WriteOp::DropQueue { queue: 1 },
+        ],
+    )
+    .unwrap();
+    assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
+    assert_eq!(store.read_message(2).unwrap(), None);
+    assert_eq!(store.read_message(3).unwrap(), None);
+    assert!(store.read_message(1).unwrap().is_some());
+    assert_eq!(seqs(&store.read_entries(2, 0, 10).unwrap()), [0]);
+
+    write(&store, vec![WriteOp::DropQueue { queue: 2 }]).unwrap();
+    assert_eq!(store.read_message(1).unwrap(), None);
+}
+
+#[test]
+fn update_entry_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(&store, vec![put(1, "a", 1), enqueue(3, 9, 1)]).unwrap();
+    let updated = IndexEntry {
+        delivery_count: 2,
+        delivered: true,
+        ..entry(9, 1)
+    };
+    write(
+        &store,
+        vec![WriteOp::UpdateEntry {
+            queue: 3,
+            entry: updated,
+        }],
+    )
+    .unwrap();
+    assert_eq!(store.read_entries(3, 0, 10).unwrap(), [updated]);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.read_entries(3, 0, 10).unwrap(), [updated]);
+}
+
+#[test]
+fn everything_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ids: Vec<_> = (0..3).map(|_| store.next_message_id()).collect();
+    let mut ops = vec![
+        put(ids[0], "zero", 1),
+        put(ids[1], "one", 1),
+        put(ids[2], "two", 2),
+    ];
+    ops.extend([
+        enqueue(1, 0, ids[0]),
+        enqueue(1, 1, ids[1]),
+        enqueue(1, 2, ids[2]),
+    ]);
+    ops.push(enqueue(2, 0, ids[2]));
+    store.submit(ops, None);
+    store
+        .put_meta(MetaKind::Queue, b"/\0q1", b"durable")
+        .unwrap();
+    store
+        .put_meta(MetaKind::Exchange, b"/\0x", b"topic")
+        .unwrap();
+    store.flush().unwrap();
+    let last = *ids.last().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [0, 1, 2]);
+    assert_eq!(seqs(&store.read_entries(2, 0, 10).unwrap()), [0]);
+    assert_eq!(store.read_message(ids[1]).unwrap(), Some(message("one")));
+    assert_eq!(
+        store.load_meta(MetaKind::Queue).unwrap(),
+        [(b"/\0q1".to_vec(), b"durable".to_vec())]
+    );
+    assert_eq!(
+        store.load_meta(MetaKind::Exchange).unwrap(),
+        [(b"/\0x".to_vec(), b"topic".to_vec())]
+    );
+    assert!(store.next_message_id() > last);
+
+    // The shared message's count was rebuilt from the index: one remove keeps it.
+    write(&store, vec![remove(1, 2, ids[2])]).unwrap();
+    assert!(store.read_message(ids[2]).unwrap().is_some());
+    write(&store, vec![remove(2, 0, ids[2])]).unwrap();
+    assert_eq!(store.read_message(ids[2]).unwrap(), None);
+}
+
+#[test]
+fn message_ids_never_repeat_across_restarts_even_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut last = 0;
+    for _ in 0..10 {
+        last = store.next_message_id();
+    }
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.next_message_id() > last);
+}
+
+#[test]
+fn orphan_messages_and_dangling_entries_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A message no queue references (a crash between publish and enqueue leaves one), and an
+    // entry whose message was never written.
+    write(
+        &store,
+        vec![put(1, "orphan", 1), put(2, "kept", 1), enqueue(1, 0, 2)],
+    )
+    .unwrap();
+    write(&store, vec![enqueue(1, 1, 99)]).unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(2).unwrap(), Some(message("kept")));
+    assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [0]);
+}
+
+#[test]
+fn meta_records_are_put_deleted_and_loaded_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put_meta(MetaKind::Vhost, b"/", b"v1").unwrap();
+    store.put_meta(MetaKind::Vhost, b"/", b"v2").unwrap();
+    store.put_meta(MetaKind::Vhost, b"other", b"x").unwrap();
+    store.put_meta(MetaKind::User, b"guest", b"hash").unwrap();
+    store.delete_meta(MetaKind::Vhost, b"other").unwrap();
+    store
+        .delete_meta(MetaKind::Binding, b"never there")
+        .unwrap();
+    assert_eq!(
+        store.load_meta(MetaKind::Vhost).unwrap(),
+        [(b"/".to_vec(), b"v2".to_vec())]
+    );
+    assert_eq!(store.load_meta(MetaKind::User).unwrap().len(), 1);
+    assert!(store.load_meta(MetaKind::Binding).unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_submissions_share_fsyncs_and_complete_in_order() {
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let before = store.stats();
+
+    let completions: Vec<Arc<Mutex<Vec<u64>>>> = (0..THREADS)
+        .map(|_| Arc::new(Mutex::new(Vec::new())))
+        .collect();
+    std::thread::scope(|scope| {
+        for (thread, done) in completions.iter().enumerate() {
+            let store = store.clone();
+            scope.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let id = store.next_message_id();
+                    let done = done.clone();
+                    store.submit(
+                        vec![put(id, "m", 1), enqueue(thread as u64, i, id)],
+                        Some(Box::new(move |result| {
+                            result.unwrap();
+                            done.lock().unwrap().push(i);
+                        })),
+                    );
+                }
+            });
+        }
+    });
+    store.flush().unwrap();
+
+    for done in &completions {
+        assert_eq!(*done.lock().unwrap(), (0..PER_THREAD).collect::<Vec<_>>());
+    }
+    let stats = store.stats();
+    let submissions = THREADS * PER_THREAD;
+    assert!(
+        stats.fsyncs - before.fsyncs < submissions,
+        "{} fsyncs for {submissions} submissions",
+        stats.fsyncs - before.fsyncs
+    );
+    assert_eq!(
+        stats.messages_written - before.messages_written,
+        submissions
+    );
+    assert_eq!(stats.ops_written - before.ops_written, 2 * submissions);
+    for thread in 0..THREADS {
+        assert_eq!(
+            store.read_entries(thread, 0, 1000).unwrap().len(),
+            PER_THREAD as usize
+        );
+    }
+}
+
+#[test]
+fn flush_waits_for_everything_submitted_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for id in 1..=500 {
+        store.submit(vec![put(id, "m", 1), enqueue(1, id, id)], None);
+    }
+    store.flush().unwrap();
+    assert_eq!(store.read_entries(1, 0, 1000).unwrap().len(), 500);
+    assert!(store.read_message(500).unwrap().is_some());
+}
+
+#[test]
+fn dropping_the_store_commits_what_was_submitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.submit(vec![put(1, "last words", 1), enqueue(1, 0, 1)], None);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.read_message(1).unwrap(), Some(message("last words")));
+}
+
+#[test]
+fn a_blocking_call_inside_a_callback_is_an_error_not_a_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (tx, rx) = mpsc::channel();
+    let inner = store.clone();
+    store.submit(
+        vec![],
+        Some(Box::new(move |_| {
+            tx.send(inner.flush()).unwrap();
+        })),
+    );
+    assert!(matches!(
+        rx.recv().unwrap(),
+        Err(StorageError::OnWriterThread { .. })
+    ));
+}
+
+#[test]
+fn a_locked_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    let second = Store::open(dir.path(), StoreOptions::default());
+    let error = second.err().expect("second open must fail");
+    assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+    assert!(error.to_string().contains("locked"));
+}
+
+#[test]
+fn a_damaged_directory_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(&store, vec![put(1, "a", 1), enqueue(1, 0, 1)]).unwrap();
+    store.put_meta(MetaKind::Vhost, b"/", b"v").unwrap();
+    drop(store);
+
+    fn scribble(path: &Path) {
+        for entry in std::fs::read_dir(path).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                scribble(&path);
+            } else if path.file_name().is_some_and(|name| name != "lock") {
+                let len = std::fs::metadata(&path).unwrap().len().max(64) as usize;
+                let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
+                std::fs::write(&path, garbage).unwrap();
+            }
+        }
+    }
+    scribble(dir.path());
+
+    let error = Store::open(dir.path(), StoreOptions::default())
+        .err()
+        .expect("a damaged store must not open");
+    let text = error.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+}
+
+#[test]
+fn disk_free_reports_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.disk_free().unwrap() > 0);
+}
+
+#[test]
+fn a_commit_interval_still_commits_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        commit_interval: std::time::Duration::from_millis(2),
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    for id in 1..=50 {
+        store.submit(vec![put(id, "m", 1), enqueue(1, id, id)], None);
+    }
+    write(&store, vec![remove(1, 1, 1)]).unwrap();
+    assert_eq!(store.read_entries(1, 0, 100).unwrap().len(), 49);
+    assert_eq!(store.read_message(1).unwrap(), None);
+}
