@@ -7,7 +7,8 @@
 #
 # Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...] [--rabbit-only]
 # Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1,
-#   QUIET_WAIT (20): seconds to wait before each run for the machine to be under 25% busy.
+#   QUIET_WAIT (20): seconds to wait before each run for the machine to be under 25% busy,
+#   WARREN_BIN: a prebuilt warren binary to use instead of building target/release/warren.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +38,8 @@ scenario_args() {
         throughput) echo "--scenario throughput" ;;
         throughput-persistent) echo "--scenario throughput --persistent --confirm 1000" ;;
         throughput-noack) echo "--scenario throughput --no-ack" ;;
+        throughput-4x4) echo "--scenario throughput --publishers 4 --consumers 4 --queues 4" ;;
+        throughput-1k) echo "--scenario throughput --size 1024" ;;
         latency) echo "--scenario latency --rate 5000" ;;
         latency-persistent) echo "--scenario latency --rate 5000 --persistent --confirm 1000" ;;
         *) echo "unknown scenario: $1" >&2; return 1 ;;
@@ -154,7 +157,7 @@ start_rabbitmq() {
 # --- Warren ----------------------------------------------------------------------------------
 
 start_warren() {
-    local bin="$ROOT/target/release/warren"
+    local bin=${WARREN_BIN:-$ROOT/target/release/warren}
     port_open "$WARREN_PORT" && { log "port $WARREN_PORT is taken"; return 1; }
     mkdir -p "$WORK/warren-data"
     log "starting Warren on 127.0.0.1:$WARREN_PORT"
@@ -217,14 +220,16 @@ run_one() {
 }
 
 install_rabbitmq
-log "building (release): warren-load$([ $RABBIT_ONLY = 0 ] && echo ' and warren')"
+log "building (release): warren-load$([ $RABBIT_ONLY = 0 ] && [ -z "${WARREN_BIN:-}" ] && echo ' and warren')"
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-benches
 HAVE_WARREN=0
-if [ $RABBIT_ONLY = 0 ]; then
+if [ $RABBIT_ONLY = 0 ] && [ -n "${WARREN_BIN:-}" ]; then
+    start_warren && HAVE_WARREN=1
+elif [ $RABBIT_ONLY = 0 ]; then
     if cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-broker 2>"$WORK/build-warren.log"; then
         start_warren && HAVE_WARREN=1
     else
-        log "Warren does not build; comparing nothing against RabbitMQ (see below)"
+        log "Warren does not build: running RabbitMQ only"
         tail -5 "$WORK/build-warren.log" >&2
     fi
 fi
@@ -248,7 +253,7 @@ ELAPSED=$(($(date +%s) - START))
 echo
 echo "## Warren vs RabbitMQ ($(date -u +%Y-%m-%d), $(nproc) cores shared by brokers and generator)"
 echo
-echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null), Warren $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?');" \
+echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null), Warren ${WARREN_BIN:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')};" \
     "$ROUNDS round(s) of ${DURATION} s per scenario and broker, mean over rounds; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 awk -v scenarios="$SCENARIOS" '
