@@ -12,7 +12,7 @@
 //! have a count in `multi_refs` (the only per-message state kept in memory).
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +98,11 @@ pub(crate) struct Writer {
     /// Reference counts of messages that more than one queue holds. Single-reference messages
     /// (the common case) are not tracked: their `Remove` deletes them.
     multi_refs: HashMap<MessageId, u32>,
+    /// Queues dropped since open. Queue ids are never reused, so a `Remove`/`UpdateEntry`
+    /// that reaches the writer after its queue's `DropQueue` (another connection settled a
+    /// delivery while the queue was being deleted) is stale and must not release a shared
+    /// message a second time.
+    dropped_queues: HashSet<u64>,
     /// The id ceiling on disk.
     id_ceiling: u64,
     counters: Arc<Counters>,
@@ -119,6 +124,7 @@ impl Writer {
             queue,
             commit_interval,
             multi_refs,
+            dropped_queues: HashSet::new(),
             id_ceiling,
             counters,
         }
@@ -188,7 +194,7 @@ impl Writer {
     }
 
     fn write(&mut self, group: &[Submission]) -> Result<(), StorageError> {
-        let mut batch = PendingBatch::new(&self.ks, &self.multi_refs);
+        let mut batch = PendingBatch::new(&self.ks, &self.multi_refs, &mut self.dropped_queues);
         let mut ops = 0u64;
         let mut messages = 0u64;
         let mut id_ceiling = self.id_ceiling;
@@ -285,16 +291,22 @@ struct Pending {
 struct PendingBatch<'a> {
     ks: &'a Keyspaces,
     multi_refs: &'a HashMap<MessageId, u32>,
+    dropped_queues: &'a mut HashSet<u64>,
     writes: BTreeMap<(Space, Vec<u8>), Pending>,
     /// New counts of multi-reference messages; 0 means forget it.
     ref_changes: HashMap<MessageId, u32>,
 }
 
 impl<'a> PendingBatch<'a> {
-    fn new(ks: &'a Keyspaces, multi_refs: &'a HashMap<MessageId, u32>) -> Self {
+    fn new(
+        ks: &'a Keyspaces,
+        multi_refs: &'a HashMap<MessageId, u32>,
+        dropped_queues: &'a mut HashSet<u64>,
+    ) -> Self {
         Self {
             ks,
             multi_refs,
+            dropped_queues,
             writes: BTreeMap::new(),
             ref_changes: HashMap::new(),
         }
@@ -313,6 +325,13 @@ impl<'a> PendingBatch<'a> {
                     self.ref_changes.insert(*id, *references);
                 }
             }
+            // The queue went away before this entry arrived: the reference it would hold is
+            // released at once so a shared message is still deleted with its last holder.
+            WriteOp::Enqueue { queue, entry } if self.dropped_queues.contains(queue) => {
+                self.release(entry.message_id);
+            }
+            WriteOp::UpdateEntry { queue, .. } | WriteOp::Remove { queue, .. }
+                if self.dropped_queues.contains(queue) => {}
             WriteOp::Enqueue { queue, entry } => {
                 let key = codec::index_key(*queue, entry.seq).to_vec();
                 let value = codec::encode_index_value(entry).to_vec();
@@ -331,7 +350,10 @@ impl<'a> PendingBatch<'a> {
                 self.delete(Space::Index, codec::index_key(*queue, *seq).to_vec());
                 self.release(*message_id);
             }
-            WriteOp::DropQueue { queue } => self.drop_queue(*queue)?,
+            WriteOp::DropQueue { queue } => {
+                self.drop_queue(*queue)?;
+                self.dropped_queues.insert(*queue);
+            }
         }
         Ok(())
     }

@@ -207,6 +207,26 @@ fn drop_queue_removes_its_entries_and_releases_their_messages() {
 }
 
 #[test]
+fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write(
+        &store,
+        vec![put(1, "shared", 2), enqueue(1, 0, 1), enqueue(2, 0, 1)],
+    )
+    .unwrap();
+    write(&store, vec![WriteOp::DropQueue { queue: 1 }]).unwrap();
+    // A consumer of queue 1 acked while the queue was being deleted.
+    write(&store, vec![remove(1, 0, 1)]).unwrap();
+    assert!(
+        store.read_message(1).unwrap().is_some(),
+        "queue 2 still holds the message"
+    );
+    write(&store, vec![remove(2, 0, 1)]).unwrap();
+    assert_eq!(store.read_message(1).unwrap(), None);
+}
+
+#[test]
 fn update_entry_persists_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
