@@ -283,13 +283,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Shut down: publishers first (they close after their confirms), then consumers.
     shared.stop_publishers.store(true, Ordering::Relaxed);
-    let watchdog = {
+    {
+        // Past this, reader threads stop waiting for the broker's close-ok.
         let shared = shared.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_secs(15));
             shared.abandoned.store(true, Ordering::Relaxed);
-        })
-    };
+        });
+    }
     let mut errors: Vec<ClientError> = Vec::new();
     for p in publishers {
         if let Err(e) = p.join() {
@@ -304,7 +305,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => errors.push(e),
         }
     }
-    drop(watchdog);
+    // A run cut short by an error has no numbers worth a RESULT line.
+    if let Some(e) = errors.into_iter().next() {
+        return Err(Box::new(e));
+    }
 
     let mut backlog = 0u64;
     for q in &queues {
@@ -313,9 +317,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     control.close()?;
 
     report(args, rate, &start, &end, &hist, backlog, &shared);
-    if let Some(e) = errors.into_iter().next() {
-        return Err(Box::new(e));
-    }
     Ok(())
 }
 
