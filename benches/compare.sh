@@ -7,7 +7,7 @@
 #
 # Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...] [--rabbit-only]
 # Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1,
-#   QUIET_WAIT (20): seconds to wait before each run for the machine to be under 25% busy,
+#   QUIET_WAIT (10): seconds to wait before each run for the machine to be under 25% busy,
 #   WARREN_BIN: a prebuilt warren binary to use instead of building target/release/warren.
 
 # The whole script is one brace group: bash parses it before running any of it, so editing
@@ -190,7 +190,7 @@ machine_busy_pct() {
 
 # Other work on the machine (builds, tests) skews a run: give it QUIET_WAIT seconds to calm down.
 wait_quiet() {
-    local limit=${QUIET_WAIT:-20} waited=0 busy
+    local limit=${QUIET_WAIT:-10} waited=0 busy
     while [ "$waited" -lt "$limit" ]; do
         busy=$(machine_busy_pct)
         [ "$busy" -lt 25 ] && return 0
@@ -291,6 +291,8 @@ awk -v scenarios="$SCENARIOS" '
             row(s, "other processes, % of a core", "others_cpu_pct", 0)
         }
     }' "$RESULTS"
+echo
+echo "Warren/RabbitMQ above 1 is better for msg/s, below 1 is better for latency and CPU."
 echo
 echo "Runs took ${ELAPSED} s. Full output of every run:"
 echo
