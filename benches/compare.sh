@@ -283,6 +283,10 @@ awk -v scenarios="$SCENARIOS" '
                 row(s, "p99 latency µs", "p99_us", 0)
                 row(s, "p99.9 latency µs", "p999_us", 0)
             }
+            if (s ~ /persistent/) {
+                row(s, "publish-to-confirm p50 µs", "confirm_p50_us", 0)
+                row(s, "publish-to-confirm p99 µs", "confirm_p99_us", 0)
+            }
             row(s, "broker CPU µs/msg", "broker_us_per_msg", 2)
             row(s, "broker CPU, % of a core", "broker_cpu_pct", 0)
             if (s ~ /persistent/) row(s, "broker disk writes, bytes/msg", "broker_disk_bytes_per_msg", 0)

@@ -292,9 +292,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let mut errors: Vec<ClientError> = Vec::new();
+    let mut confirm_hist = Histogram::default();
     for p in publishers {
-        if let Err(e) = p.join() {
-            errors.push(e);
+        match p.join() {
+            Ok(h) => confirm_hist.merge(&h),
+            Err(e) => errors.push(e),
         }
     }
     shared.stop_consumers.store(true, Ordering::Relaxed);
@@ -316,7 +318,18 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     control.close()?;
 
-    report(args, rate, &start, &end, &hist, backlog, &shared);
+    report(
+        args,
+        rate,
+        &start,
+        &end,
+        &Latencies {
+            delivery: hist,
+            confirm: confirm_hist,
+        },
+        backlog,
+        &shared,
+    );
     Ok(())
 }
 
@@ -332,15 +345,23 @@ fn wait(shared: &Shared, d: Duration) {
     }
 }
 
+/// End-to-end (publish to delivery) and publish-to-confirm latencies.
+struct Latencies {
+    delivery: Histogram,
+    confirm: Histogram,
+}
+
 fn report(
     args: &Args,
     rate: f64,
     start: &Snapshot,
     end: &Snapshot,
-    hist: &Histogram,
+    lat: &Latencies,
     backlog: u64,
     shared: &Shared,
 ) {
+    let hist = &lat.delivery;
+    let cq = |x: f64| lat.confirm.quantile(x) as f64 / 1000.0;
     let secs = end.at.duration_since(start.at).as_secs_f64();
     let published = end.published - start.published;
     let consumed = end.consumed - start.consumed;
@@ -419,6 +440,13 @@ fn report(
     println!("published: {:>12.0} msg/s", published as f64 / secs);
     if args.confirm > 0 {
         println!("confirmed: {:>12.0} msg/s", confirmed as f64 / secs);
+        println!(
+            "confirm latency: p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+            cq(0.5),
+            cq(0.99),
+            cq(0.999),
+            lat.confirm.max() as f64 / 1000.0
+        );
         let nacked = shared.nacked.load(Ordering::Relaxed);
         if nacked > 0 {
             println!("nacked:    {nacked:>12} msgs (whole run)");
@@ -467,7 +495,7 @@ fn report(
     let broker_us = broker_cpu.map_or(-1.0, |b| us(b) / msgs);
     let broker_pct = broker_cpu.map_or(-1.0, |b| 100.0 * b.as_secs_f64() / secs);
     println!(
-        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} broker_disk_bytes_per_msg={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
+        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} confirm_p50_us={:.1} confirm_p99_us={:.1} confirm_p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} broker_disk_bytes_per_msg={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
         args.label,
         args.scenario,
         published as f64 / secs,
@@ -476,6 +504,9 @@ fn report(
         q(0.5),
         q(0.99),
         q(0.999),
+        cq(0.5),
+        cq(0.99),
+        cq(0.999),
         us(gen_cpu) / msgs,
         pct(gen_cpu),
         gen_top.as_ref().map_or(-1.0, |(_, d)| pct(*d)),

@@ -183,8 +183,14 @@ impl Histogram {
 
     #[inline]
     pub fn record(&mut self, nanos: u64) {
-        self.counts[Self::index(nanos)] += 1;
-        self.total += 1;
+        self.record_n(nanos, 1);
+    }
+
+    /// `count` samples of the same value.
+    #[inline]
+    pub fn record_n(&mut self, nanos: u64, count: u64) {
+        self.counts[Self::index(nanos)] += count;
+        self.total += count;
         self.max = self.max.max(nanos);
     }
 

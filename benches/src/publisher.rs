@@ -3,13 +3,15 @@
 //! confirms and watches for the broker closing on us.
 //!
 //! With `--confirm N` the writer keeps at most N messages unconfirmed and parks when the window
-//! is full; the reader unparks it after each read that settled something.
+//! is full; the reader unparks it after each read that settled something. The reader also
+//! measures confirm latency: the writer notes the send time of each batch it writes, and a batch
+//! is confirmed once every delivery tag up to its last one is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::Shared;
 use crate::client::{CHANNEL, ClientError, Connection, FrameReader, Result, check_close};
+use crate::measure::Histogram;
 
 /// What one publisher does.
 #[derive(Debug, Clone)]
@@ -38,11 +41,14 @@ pub struct PublisherConfig {
 struct Confirms {
     /// Messages settled by the broker (acked or nacked).
     settled: AtomicU64,
+    /// Batches written and not yet wholly confirmed: (last delivery tag, messages, send time).
+    /// One lock per batch on each side; with a window of N it holds at most N entries.
+    in_flight: Mutex<VecDeque<(u64, u64, u64)>>,
 }
 
 pub struct Publisher {
     writer: JoinHandle<Result<()>>,
-    reader: JoinHandle<Result<()>>,
+    reader: JoinHandle<Result<Histogram>>,
 }
 
 impl Publisher {
@@ -79,7 +85,8 @@ impl Publisher {
         Ok(Publisher { writer, reader })
     }
 
-    pub fn join(self) -> Result<()> {
+    /// Waits for both threads; returns the confirm latencies (empty without confirms).
+    pub fn join(self) -> Result<Histogram> {
         let w = self.writer.join().unwrap_or_else(|_| Err(panicked()));
         let r = self.reader.join().unwrap_or_else(|_| Err(panicked()));
         w.and(r)
@@ -149,6 +156,11 @@ fn write_loop(
         out.clear();
         // One clock read per write: messages of one batch leave together anyway.
         let stamp = shared.now_nanos();
+        if cfg.confirm_window > 0 {
+            if let Ok(mut q) = confirms.in_flight.lock() {
+                q.push_back((sent + n, n, stamp));
+            }
+        }
         if body.len() >= 8 {
             body[..8].copy_from_slice(&stamp.to_be_bytes());
         }
@@ -206,8 +218,9 @@ fn read_loop(
     shared: &Shared,
     confirms: &Confirms,
     writer: &thread::Thread,
-) -> Result<()> {
+) -> Result<Histogram> {
     let mut settled = Settled::default();
+    let mut latency = Histogram::default();
     loop {
         let before = settled.count();
         while let Some(frame) = reader.next_buffered()? {
@@ -234,7 +247,7 @@ fn read_loop(
                             amqp_codec::protocol::connection::AMQPMethod::CloseOk(_),
                         )),
                     ..
-                } => return Ok(()),
+                } => return Ok(latency),
                 Frame::Method {
                     method: Method::Other(class),
                     ..
@@ -247,15 +260,28 @@ fn read_loop(
             confirms.settled.store(now, Ordering::Release);
             shared.confirmed.fetch_add(now - before, Ordering::Relaxed);
             writer.unpark();
+            let at = shared.now_nanos();
+            let recording = shared.recording();
+            if let Ok(mut q) = confirms.in_flight.lock() {
+                while let Some(&(last, n, stamp)) = q.front() {
+                    if last > settled.upto {
+                        break;
+                    }
+                    q.pop_front();
+                    if recording {
+                        latency.record_n(at.saturating_sub(stamp), n);
+                    }
+                }
+            }
         }
         match reader.fill() {
             Ok(_) => {}
             // After we asked to stop, the broker hanging up is the end we wanted.
-            Err(ClientError::Eof) if shared.stopping_publishers() => return Ok(()),
+            Err(ClientError::Eof) if shared.stopping_publishers() => return Ok(latency),
             Err(e) => return Err(e),
         }
         if shared.abandoned() {
-            return Ok(());
+            return Ok(latency);
         }
     }
 }
