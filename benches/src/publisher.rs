@@ -156,10 +156,10 @@ fn write_loop(
         out.clear();
         // One clock read per write: messages of one batch leave together anyway.
         let stamp = shared.now_nanos();
-        if cfg.confirm_window > 0 {
-            if let Ok(mut q) = confirms.in_flight.lock() {
-                q.push_back((sent + n, n, stamp));
-            }
+        if cfg.confirm_window > 0
+            && let Ok(mut q) = confirms.in_flight.lock()
+        {
+            q.push_back((sent + n, n, stamp));
         }
         if body.len() >= 8 {
             body[..8].copy_from_slice(&stamp.to_be_bytes());
