@@ -258,16 +258,29 @@ echo
 echo "## Warren vs RabbitMQ ($(date -u +%Y-%m-%d), $(nproc) cores shared by brokers and generator)"
 echo
 echo "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null), Warren ${WARREN_BIN:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')};" \
-    "$ROUNDS round(s) of ${DURATION} s per scenario and broker, mean over rounds; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    "$ROUNDS round(s) of ${DURATION} s per scenario and broker; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores, Linux $(uname -r)."
 echo
 awk -v scenarios="$SCENARIOS" '
-    { key = $1 SUBSEP $2 SUBSEP $3; sum[key] += $4; n[key]++ }
+    {
+        key = $1 SUBSEP $2 SUBSEP $3; v = $4 + 0; sum[key] += v; n[key]++
+        if (!(key in lo) || v < lo[key]) lo[key] = v
+        if (!(key in hi) || v > hi[key]) hi[key] = v
+    }
     function mean(b, s, k) { return ((b SUBSEP s SUBSEP k) in n) ? sum[b SUBSEP s SUBSEP k] / n[b SUBSEP s SUBSEP k] : "" }
-    function fmt(v, digits) { return v == "" ? "n/a" : sprintf("%." digits "f", v) }
+    # The mean, and with several rounds how far they spread around it (half the range, in %).
+    function fmt(b, s, k, digits,   key, m, out) {
+        m = mean(b, s, k)
+        if (m == "") return "n/a"
+        out = sprintf("%." digits "f", m)
+        key = b SUBSEP s SUBSEP k
+        if (n[key] > 1 && m != 0) out = out sprintf(" ±%.0f%%", 50 * (hi[key] - lo[key]) / (m < 0 ? -m : m))
+        return out
+    }
     function row(s, label, k, digits,   w, r, ratio) {
         w = mean("warren", s, k); r = mean("rabbitmq", s, k)
         ratio = (w != "" && r != "" && r + 0 != 0) ? sprintf("%.2f", w / r) : "n/a"
-        printf "| %s | %s | %s | %s | %s |\n", s, label, fmt(w, digits), fmt(r, digits), ratio
+        printf "| %s | %s | %s | %s | %s |\n", s, label, fmt("warren", s, k, digits), fmt("rabbitmq", s, k, digits), ratio
     }
     END {
         print "| scenario | metric | Warren | RabbitMQ | Warren/RabbitMQ |"
@@ -296,7 +309,8 @@ awk -v scenarios="$SCENARIOS" '
         }
     }' "$RESULTS"
 echo
-echo "Warren/RabbitMQ above 1 is better for msg/s, below 1 is better for latency and CPU."
+echo "Mean over rounds, ± half the spread between rounds. Warren/RabbitMQ above 1 is better for"
+echo "msg/s, below 1 is better for latency and CPU."
 echo
 echo "Runs took ${ELAPSED} s. Full output of every run:"
 echo
