@@ -9,6 +9,10 @@
 # Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1,
 #   QUIET_WAIT (20): seconds to wait before each run for the machine to be under 25% busy,
 #   WARREN_BIN: a prebuilt warren binary to use instead of building target/release/warren.
+
+# The whole script is one brace group: bash parses it before running any of it, so editing
+# or checking out this file during a run cannot change what the run does.
+{
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,7 +57,8 @@ RESULTS="$WORK/results"
 : >"$RESULTS"
 RABBIT_PID=""
 WARREN_PID=""
-EPMD_BEFORE=$(pgrep -x epmd || true)
+EPMD_BEFORE=0
+(exec 3<>/dev/tcp/127.0.0.1/4369) 2>/dev/null && EPMD_BEFORE=1
 
 log() { echo "[compare] $*" >&2; }
 
@@ -75,10 +80,9 @@ cleanup() {
         stop_pid "$RABBIT_PID" rabbitmq
     fi
     # epmd outlives the node; stop it only if this script started it.
-    if [ -z "$EPMD_BEFORE" ]; then
-        local epmd
-        epmd=$(pgrep -x epmd || true)
-        [ -n "$epmd" ] && stop_pid "$epmd" epmd
+    if [ "$EPMD_BEFORE" = 0 ] && [ -n "$RABBIT_PID" ]; then
+        log "stopping epmd"
+        epmd -kill >/dev/null 2>&1
     fi
     if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -291,3 +295,5 @@ echo
 echo "Runs took ${ELAPSED} s. Full output of every run:"
 echo
 sed 's/^/    /' "$LOG"
+exit 0
+}

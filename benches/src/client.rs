@@ -178,6 +178,19 @@ impl Connection {
             frame_max: OUR_FRAME_MAX,
             out: BytesMut::with_capacity(4096),
         };
+        conn.handshake(ep, name).map_err(|e| match e {
+            ClientError::Eof | ClientError::Io(_) => ClientError::Protocol(format!(
+                "broker at {} dropped the connection during the handshake \
+                 (wrong user, password or vhost?): {e}",
+                ep.addr
+            )),
+            e => e,
+        })?;
+        Ok(conn)
+    }
+
+    fn handshake(&mut self, ep: &Endpoint, name: &str) -> Result<()> {
+        let conn = self;
         conn.writer.write_all(&PROTOCOL_HEADER)?;
 
         match conn.reader.next_method()? {
@@ -200,6 +213,13 @@ impl Connection {
             "connection_name".into(),
             AMQPValue::LongString(LongString::from(name)),
         );
+        // Without this capability RabbitMQ answers bad credentials by dropping the socket.
+        let mut capabilities = FieldTable::default();
+        capabilities.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(true),
+        );
+        props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
         let response = format!("\0{}\0{}", ep.user, ep.password);
         conn.send_method(&AMQPClass::Connection(connection::AMQPMethod::StartOk(
             connection::StartOk {
@@ -239,7 +259,7 @@ impl Connection {
             AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {}
             other => return Err(unexpected("channel.open-ok", &other)),
         }
-        Ok(conn)
+        Ok(())
     }
 
     fn send_method(&mut self, class: &AMQPClass) -> Result<()> {

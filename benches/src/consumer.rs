@@ -58,10 +58,12 @@ impl Consumer {
 enum Assembly {
     Idle,
     AwaitHeader,
-    /// Body bytes still to come; `stamped` once the first body frame gave us the timestamp.
+    /// Body bytes still to come; `stamp` is the send time from the first body frame (a body
+    /// may span several frames and several socket reads).
     Body {
         remaining: u64,
-        stamped: bool,
+        first: bool,
+        stamp: Option<u64>,
     },
 }
 
@@ -77,7 +79,6 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
         // One clock read per socket read: every message in it arrived by now.
         let now = shared.now_nanos();
         let mut completed = 0u64;
-        let mut stamp: Option<u64> = None;
         while let Some(frame) = conn.reader.next_buffered()? {
             match frame {
                 Frame::Method {
@@ -97,24 +98,30 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
                     } else {
                         state = Assembly::Body {
                             remaining: header.body_size,
-                            stamped: false,
+                            first: true,
+                            stamp: None,
                         };
                     }
                 }
                 Frame::Body { payload, .. } => {
-                    let Assembly::Body { remaining, stamped } = &mut state else {
+                    let Assembly::Body {
+                        remaining,
+                        first,
+                        stamp,
+                    } = &mut state
+                    else {
                         return Err(ClientError::Protocol("body frame out of order".into()));
                     };
-                    if !*stamped && payload.len() >= 8 {
+                    if *first && payload.len() >= 8 {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(&payload[..8]);
-                        stamp = Some(u64::from_be_bytes(b));
-                        *stamped = true;
+                        *stamp = Some(u64::from_be_bytes(b));
                     }
+                    *first = false;
                     *remaining = remaining.saturating_sub(payload.len() as u64);
                     if *remaining == 0 {
                         completed += 1;
-                        if recording && let Some(sent) = stamp.take() {
+                        if recording && let Some(sent) = *stamp {
                             hist.record(now.saturating_sub(sent));
                         }
                         state = Assembly::Idle;

@@ -50,21 +50,34 @@ async fn ack(d: &Delivery) {
     );
 }
 
-/// Deliveries from two consumers until neither yields one for [`QUIET`], tagged 0 or 1.
-async fn collect_two(a: &mut Consumer, b: &mut Consumer) -> Vec<(usize, Delivery)> {
+/// Exactly `expected` deliveries from two consumers, tagged 0 or 1: waits up to [`TIMEOUT`]
+/// for them, then fails if another arrives within [`QUIET`].
+async fn collect_two(
+    a: &mut Consumer,
+    b: &mut Consumer,
+    expected: usize,
+) -> Vec<(usize, Delivery)> {
     let mut merged = (&mut *a)
         .map(|d| (0usize, d))
         .or((&mut *b).map(|d| (1usize, d)));
     let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout(QUIET, merged.next()).await {
-            Ok(Some((i, Ok(d)))) => out.push((i, d)),
-            Ok(Some((_, Err(e)))) => panic!("consumer error: {e:?}"),
-            Ok(None) => panic!("consumers ended"),
-            Err(_) => return out,
+    while out.len() < expected {
+        match within("a delivery", merged.next()).await {
+            Some((i, Ok(d))) => out.push((i, d)),
+            Some((_, Err(e))) => panic!("consumer error: {e:?}"),
+            None => panic!("consumers ended"),
         }
-        assert!(out.len() <= 1000, "runaway deliveries");
     }
+    if let Ok(extra) = tokio::time::timeout(QUIET, merged.next()).await {
+        match extra {
+            Some((i, Ok(d))) => panic!(
+                "delivery beyond the expected {expected} (consumer {i}): {:?}",
+                String::from_utf8_lossy(&d.data)
+            ),
+            other => panic!("consumer error or end: {other:?}"),
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +475,7 @@ async fn prefetch_is_per_consumer_without_global() {
     qos(&ch, 1, false).await;
     let mut a = consume(&ch, "pfa").await;
     let mut b = consume(&ch, "pfb").await;
-    let got = collect_two(&mut a, &mut b).await;
+    let got = collect_two(&mut a, &mut b, 2).await;
     let per: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
     assert_eq!(per.iter().filter(|i| **i == 0).count(), 1, "{per:?}");
     assert_eq!(per.iter().filter(|i| **i == 1).count(), 1, "{per:?}");
@@ -478,11 +491,11 @@ async fn global_qos_shares_the_limit_across_the_channels_consumers() {
     qos(&ch, 2, true).await;
     let mut a = consume(&ch, "ga").await;
     let mut b = consume(&ch, "gb").await;
-    let got = collect_two(&mut a, &mut b).await;
-    assert_eq!(got.len(), 2, "global prefetch 2 across both consumers");
+    // Global prefetch 2 across both consumers.
+    let got = collect_two(&mut a, &mut b, 2).await;
     ack(&got[0].1).await;
-    let more = collect_two(&mut a, &mut b).await;
-    assert_eq!(more.len(), 1, "one ack frees exactly one slot");
+    // One ack frees exactly one slot.
+    collect_two(&mut a, &mut b, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -560,3 +560,75 @@ async fn binding_a_missing_queue_fails_with_404() {
     .await;
     assert_code(res, code::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_queue_keeps_persistent_messages_across_a_restart() {
+    let mut broker = TestBroker::start().await;
+    {
+        let (conn, ch) = broker.channel().await;
+        declare(
+            &ch,
+            "durable-q",
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        declare_queue(&ch, "transient-q").await;
+        within(
+            "queue.bind",
+            ch.queue_bind(
+                "durable-q".into(),
+                "amq.direct".into(),
+                "k".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap();
+        within("confirm.select", ch.confirm_select(Default::default()))
+            .await
+            .unwrap();
+        for (body, mode) in [("persistent-1", 2u8), ("transient", 1), ("persistent-2", 2)] {
+            let confirm = within(
+                "basic.publish",
+                ch.basic_publish(
+                    "amq.direct".into(),
+                    "k".into(),
+                    Default::default(),
+                    body.as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(mode),
+                ),
+            )
+            .await
+            .unwrap();
+            assert!(within("confirm", confirm).await.unwrap().is_ack());
+        }
+        let _ = within("connection.close", conn.close(200, "bye".into())).await;
+    }
+    broker.restart().await;
+    let (conn, ch) = broker.channel().await;
+    assert!(
+        !queue_exists(&conn, "transient-q").await,
+        "non-durable queue survived a restart"
+    );
+    let mut left = Vec::new();
+    while let Some(m) = within(
+        "basic.get",
+        ch.basic_get("durable-q".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("durable queue gone after restart")
+    {
+        left.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    // RabbitMQ keeps persistent messages of a durable queue and drops transient ones.
+    assert_eq!(left, vec!["persistent-1", "persistent-2"]);
+    // The binding is durable too.
+    publish(&ch, "amq.direct", "k", b"rebound").await;
+    assert_eq!(message_count(&ch, "durable-q").await, 1);
+}

@@ -54,6 +54,8 @@ pub mod code {
 pub struct TestBroker {
     /// `None` once shut down.
     pub broker: Option<Broker>,
+    /// The settings it was started with, reused by [`TestBroker::restart`].
+    config: Config,
     /// Kept alive for as long as the broker runs; removed on drop.
     _dir: TempDir,
 }
@@ -69,11 +71,12 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("create temp data dir");
         let mut config = Config::for_test(dir.path());
         tweak(&mut config);
-        let broker = within("broker start", warren_broker::start(config))
+        let broker = within("broker start", warren_broker::start(config.clone()))
             .await
             .expect("broker failed to start");
         Self {
             broker: Some(broker),
+            config,
             _dir: dir,
         }
     }
@@ -109,6 +112,15 @@ impl TestBroker {
         let conn = self.connect().await;
         let ch = open_channel(&conn).await;
         (conn, ch)
+    }
+
+    /// Shuts down and starts again on the same data directory (on a new ephemeral port).
+    pub async fn restart(&mut self) {
+        self.shutdown().await;
+        let broker = within("broker restart", warren_broker::start(self.config.clone()))
+            .await
+            .expect("broker failed to restart");
+        self.broker = Some(broker);
     }
 
     /// Graceful shutdown (connections are closed with 320 CONNECTION_FORCED).
