@@ -18,13 +18,13 @@ use crate::message::{Message, QueueEntry};
 /// Refill the head up to this many entries...
 const HEAD_TARGET: usize = 2048;
 /// ...or this many bytes, whichever comes first.
-const HEAD_TARGET_BYTES: u64 = 16 << 20;
+const HEAD_TARGET_BYTES: u64 = 8 << 20;
 /// Entries read from the store per refill step.
 const REFILL_BATCH: usize = 512;
 /// Page the tail out once it holds more than this many entries...
 const TAIL_MAX: usize = 1024;
 /// ...or this many bytes.
-const TAIL_MAX_BYTES: u64 = 16 << 20;
+const TAIL_MAX_BYTES: u64 = 8 << 20;
 
 /// Entries that exist only in the store: `count` of them, the first at or after `next`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,8 @@ impl ReadyMessages {
             || self.disk.is_some_and(|d| entry.seq < d.next)
             || (self.disk.is_none()
                 && self.tail.is_empty()
-                && (!pageable || self.head.len() < HEAD_TARGET));
+                && (!pageable
+                    || (self.head.len() < HEAD_TARGET && self.head_bytes < HEAD_TARGET_BYTES)));
         if to_head {
             insert_sorted(&mut self.head, entry);
             self.head_bytes += size;
@@ -178,7 +179,7 @@ impl ReadyMessages {
             return 0;
         }
         let mut released = 0;
-        while self.tail.len() > TAIL_MAX / 2 {
+        while self.tail.len() > TAIL_MAX / 2 || self.tail_bytes > TAIL_MAX_BYTES / 2 {
             let Some(front) = self.tail.front() else {
                 break;
             };
