@@ -23,5 +23,5 @@ pub use frame::{
     ContentHeader, FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE, Frame, FrameDecoder,
     PROTOCOL_HEADER, ProtocolHeaderCheck, check_protocol_header,
 };
-pub use method::{Ack, Deliver, Method, Publish};
+pub use method::{Ack, Deliver, Method, Publish, Qos};
 pub use properties::{PropertyFlags, RawProperties};

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::error::CodecError;
 
 const BASIC: u16 = 60;
+const BASIC_QOS: u16 = 10;
 const BASIC_PUBLISH: u16 = 40;
 const BASIC_DELIVER: u16 = 60;
 const BASIC_ACK: u16 = 80;
@@ -17,7 +18,18 @@ pub enum Method {
     Publish(Publish),
     Deliver(Deliver),
     Ack(Ack),
+    /// Decoded here because amq-protocol drops `prefetch_size`, which RabbitMQ refuses when
+    /// it is not zero.
+    Qos(Qos),
     Other(AMQPClass),
+}
+
+/// `basic.qos` with every field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qos {
+    pub prefetch_size: u32,
+    pub prefetch_count: u16,
+    pub global: bool,
 }
 
 /// `basic.publish`, with names borrowed from the frame.
@@ -53,6 +65,7 @@ impl Method {
             Method::Publish(_) => (BASIC, BASIC_PUBLISH),
             Method::Deliver(_) => (BASIC, BASIC_DELIVER),
             Method::Ack(_) => (BASIC, BASIC_ACK),
+            Method::Qos(_) => (BASIC, BASIC_QOS),
             Method::Other(class) => (class.get_amqp_class_id(), class.get_amqp_method_id()),
         }
     }
@@ -121,6 +134,20 @@ impl Method {
                 })();
                 fields.map(Method::Ack).ok_or(malformed)
             }
+            (BASIC, BASIC_QOS) => {
+                let fields = (|| {
+                    let prefetch_size = r.u32()?;
+                    let prefetch_count = r.u16()?;
+                    let global = r.u8()? & 1 != 0;
+                    r.finish()?;
+                    Some(Qos {
+                        prefetch_size,
+                        prefetch_count,
+                        global,
+                    })
+                })();
+                fields.map(Method::Qos).ok_or(malformed)
+            }
             _ => match parse_class(&payload[..]) {
                 Ok((&[], class)) => Ok(Method::Other(class)),
                 _ if is_known(class_id, method_id) => Err(malformed),
@@ -169,6 +196,10 @@ impl Reader<'_> {
     }
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|s| u16::from_be_bytes([s[0], s[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
     fn u64(&mut self) -> Option<u64> {
         let s = self.take(8)?;

@@ -96,6 +96,11 @@ impl RawProperties {
         &self.bytes
     }
 
+    /// The same bytes, shared (a reference count, not a copy).
+    pub fn to_bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
     pub fn flags(&self) -> u16 {
         u16::from_be_bytes([self.bytes[0], self.bytes[1]])
     }

@@ -41,6 +41,16 @@ pub struct Config {
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 << 20)]
     pub max_message_size: u64,
 
+    /// Free disk (bytes) in the data directory below which publishers are blocked
+    /// (RabbitMQ's default is 50 MB).
+    #[arg(long, env = "WARREN_DISK_FREE_LIMIT", default_value_t = 50_000_000)]
+    pub disk_free_limit: u64,
+
+    /// How long the group commit may wait for more writes once it has some, in microseconds
+    /// (0: commit at once; batches still grow under load while an fsync is in flight).
+    #[arg(long, env = "WARREN_COMMIT_INTERVAL_US", default_value_t = 0)]
+    pub commit_interval_us: u64,
+
     /// Let the default user `guest` log in from addresses other than loopback.
     #[arg(long, env = "WARREN_GUEST_REMOTE", default_value_t = false)]
     pub allow_guest_remote: bool,
@@ -58,6 +68,8 @@ impl Config {
             channel_max: 2047,
             memory_high_watermark: 1 << 30,
             max_message_size: 128 << 20,
+            disk_free_limit: 0,
+            commit_interval_us: 0,
             allow_guest_remote: false,
         }
     }

@@ -184,6 +184,8 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Storage(#[from] warren_storage::StorageError),
+    #[error("{0}")]
+    Startup(String),
     #[error("invalid log filter {filter:?}: {reason}")]
     LogFilter { filter: String, reason: String },
 }

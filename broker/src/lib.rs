@@ -9,6 +9,7 @@ pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod durable;
 pub mod error;
 pub mod exchange;
 pub mod memory;

@@ -33,7 +33,6 @@ async fn run(config: Config) -> ExitCode {
     let broker = match warren_broker::start(config).await {
         Ok(broker) => broker,
         Err(error) => {
-            tracing::error!(%error, "cannot start");
             eprintln!("warren: {error}");
             return ExitCode::FAILURE;
         }

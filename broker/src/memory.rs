@@ -1,10 +1,11 @@
-//! Memory-based flow control: bytes of messages held in queues, against a high watermark.
+//! Resource alarms: bytes of messages held in memory against a high watermark, and free disk
+//! in the data directory against a limit.
 //!
-//! Crossing the watermark blocks publishing connections: they stop reading their sockets (TCP
-//! pushes back on the publisher) and get `connection.blocked` if they asked for it. Falling
-//! back below it unblocks them. Consumers are never blocked, so they can drain.
+//! Either alarm blocks publishing connections: they stop reading their sockets (TCP pushes
+//! back on the publisher) and get `connection.blocked` if they asked for it. Clearing both
+//! unblocks them. Consumers are never blocked, so they can drain.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 pub struct MemoryMonitor {
     used: AtomicU64,
     high_watermark: u64,
+    disk_alarm: AtomicBool,
     blocked: watch::Sender<bool>,
 }
 
@@ -20,6 +22,7 @@ impl MemoryMonitor {
         Self {
             used: AtomicU64::new(0),
             high_watermark,
+            disk_alarm: AtomicBool::new(false),
             blocked: watch::Sender::new(false),
         }
     }
@@ -29,6 +32,9 @@ impl MemoryMonitor {
     }
 
     pub fn add(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if now > self.high_watermark && !*self.blocked.borrow() {
             self.update_alarm();
@@ -36,6 +42,9 @@ impl MemoryMonitor {
     }
 
     pub fn release(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let before = self.used.fetch_sub(bytes, Ordering::Relaxed);
         let now = before.saturating_sub(bytes);
         if now <= self.high_watermark && *self.blocked.borrow() {
@@ -43,20 +52,42 @@ impl MemoryMonitor {
         }
     }
 
-    /// Re-reads the counter under the watch's lock, so that a racing add and release cannot
-    /// leave the alarm in the state of whichever checked first.
+    /// Sets or clears the free-disk alarm.
+    pub fn set_disk_alarm(&self, on: bool) {
+        if self.disk_alarm.swap(on, Ordering::Relaxed) != on {
+            if on {
+                tracing::warn!("disk alarm set: free disk below the limit; blocking publishers");
+            } else {
+                tracing::info!("disk alarm cleared");
+            }
+            self.update_alarm();
+        }
+    }
+
+    /// Why publishers are blocked, for `connection.blocked`.
+    pub fn reason(&self) -> &'static str {
+        if self.disk_alarm.load(Ordering::Relaxed) {
+            "low on disk"
+        } else {
+            "low on memory"
+        }
+    }
+
+    /// Re-reads both alarms under the watch's lock, so that a racing add and release cannot
+    /// leave the state of whichever checked first.
     fn update_alarm(&self) {
         let mut used = 0;
-        let mut blocked = false;
+        let mut memory = false;
         let changed = self.blocked.send_if_modified(|b| {
             used = self.used.load(Ordering::Relaxed);
-            blocked = used > self.high_watermark;
+            memory = used > self.high_watermark;
+            let blocked = memory || self.disk_alarm.load(Ordering::Relaxed);
             let changed = *b != blocked;
             *b = blocked;
             changed
         });
         if changed {
-            if blocked {
+            if memory {
                 tracing::warn!(
                     used,
                     high_watermark = self.high_watermark,
@@ -66,7 +97,7 @@ impl MemoryMonitor {
                 tracing::info!(
                     used,
                     high_watermark = self.high_watermark,
-                    "memory alarm cleared: unblocking publishers"
+                    "resource alarms cleared: unblocking publishers"
                 );
             }
         }

@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use warren_storage::DataDir;
+use warren_storage::{DataDir, Store, StoreOptions};
 
 use crate::auth::UserStore;
 use crate::config::Config;
@@ -20,6 +20,10 @@ use crate::vhost::VHost;
 
 /// How long shutdown waits for connections to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often queues page out bodies written since their last publish.
+const QUEUE_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often free disk is checked.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// State shared by all connections.
 pub struct BrokerState {
@@ -28,8 +32,9 @@ pub struct BrokerState {
     pub memory: Arc<MemoryMonitor>,
     vhosts: DashMap<String, Arc<VHost>>,
     next_connection_id: AtomicU64,
-    #[allow(dead_code)]
-    data_dir: DataDir,
+    store: Store,
+    /// Free bytes below which the disk alarm is set; changeable at run time.
+    disk_free_limit: AtomicU64,
 }
 
 impl BrokerState {
@@ -39,6 +44,10 @@ impl BrokerState {
 
     pub fn next_connection_id(&self) -> ConnectionId {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn store(&self) -> Option<Store> {
+        Some(self.store.clone())
     }
 }
 
@@ -56,9 +65,20 @@ impl Broker {
         self.local_addr
     }
 
-    /// Bytes of messages currently held in queues.
+    /// Bytes of message bodies currently held in memory.
     pub fn memory_used(&self) -> u64 {
         self.state.memory.used()
+    }
+
+    /// Changes the free-disk limit (as `rabbitmqctl set_disk_free_limit` does); the next
+    /// check, within a second, applies it.
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.state.disk_free_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Group-commit counters of the store.
+    pub fn store_stats(&self) -> warren_storage::StoreStats {
+        self.state.store.stats()
     }
 
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED, and waits for
@@ -66,12 +86,25 @@ impl Broker {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept_task.await;
+        let store = self.state.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "final store flush failed"),
+            Err(error) => tracing::error!(%error, "final store flush did not finish"),
+        }
     }
 }
 
 /// Binds the listener and starts accepting connections.
 pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let data_dir = DataDir::open(&config.data_dir)?;
+    let options = StoreOptions {
+        commit_interval: Duration::from_micros(config.commit_interval_us),
+    };
+    let store_path = data_dir.store_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, options))
+        .await
+        .map_err(|e| BrokerError::Startup(format!("store open did not finish: {e}")))??;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| BrokerError::Bind {
@@ -83,20 +116,27 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         source,
     })?;
     let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
+    let recovered = {
+        let store = store.clone();
+        let memory = Arc::clone(&memory);
+        tokio::task::spawn_blocking(move || crate::durable::recovery::recover(store, memory))
+            .await
+            .map_err(|e| BrokerError::Startup(format!("recovery did not finish: {e}")))??
+    };
     let vhosts = DashMap::new();
-    vhosts.insert(
-        "/".to_string(),
-        Arc::new(VHost::new("/", Arc::clone(&memory))),
-    );
+    vhosts.insert("/".to_string(), recovered);
     let state = Arc::new(BrokerState {
         users: UserStore::with_default_user(config.allow_guest_remote),
+        disk_free_limit: AtomicU64::new(config.disk_free_limit),
         config,
         memory,
         vhosts,
         next_connection_id: AtomicU64::new(1),
-        data_dir,
+        store,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(watch_disk(Arc::clone(&state), shutdown_rx.clone()));
+    tokio::spawn(maintain_queues(Arc::clone(&state), shutdown_rx.clone()));
     let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&state), shutdown_rx));
     tracing::info!(address = %local_addr, data_dir = %state.config.data_dir.display(), "Warren ready to accept AMQP connections");
     Ok(Broker {
@@ -143,4 +183,37 @@ async fn accept_loop(
     .await;
     connections.abort_all();
     tracing::info!("shutdown complete");
+}
+
+/// Sets and clears the disk alarm from the free space of the data directory's filesystem.
+async fn watch_disk(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(DISK_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let limit = state.disk_free_limit.load(Ordering::Relaxed);
+        match state.store.disk_free() {
+            Ok(free) => state.memory.set_disk_alarm(free < limit),
+            Err(error) => tracing::warn!(%error, "cannot read free disk space"),
+        }
+    }
+}
+
+/// Periodic queue housekeeping: pages out bodies whose writes completed after the last
+/// publish to their queue.
+async fn maintain_queues(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(QUEUE_MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        for vhost in state.vhosts.iter() {
+            for queue in vhost.queues() {
+                queue.page_out();
+            }
+        }
+    }
 }

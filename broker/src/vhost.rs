@@ -9,17 +9,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use amqp_codec::{AMQPValue, FieldTable, RawProperties};
 use dashmap::DashMap;
 
+use warren_storage::{MetaKind, WriteOp};
+
+use crate::durable::Durability;
+use crate::durable::records::{
+    BindingRecord, BindingTarget, ExchangeRecord, QueueRecord, name_key,
+};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::{Destination, Exchange, ExchangeKind, ExchangeSettings};
 use crate::memory::MemoryMonitor;
 use crate::names::{ExchangeName, QueueName, generated_suffix};
-use crate::queue::{ConnectionId, Queue, QueueCounts, QueueSettings};
+use crate::queue::{ConnectionId, Queue, QueueCounts, QueueSettings, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
     exchanges: DashMap<ExchangeName, Arc<Exchange>>,
     queues: DashMap<QueueName, Arc<Queue>>,
     memory: Arc<MemoryMonitor>,
+    /// Where durable topology and messages go; `None` only in unit tests.
+    durability: Option<Arc<Durability>>,
     topology: Mutex<()>,
 }
 
@@ -31,12 +39,17 @@ pub struct RouteScratch {
 }
 
 impl VHost {
-    pub fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
+    pub fn new(
+        name: &str,
+        memory: Arc<MemoryMonitor>,
+        durability: Option<Arc<Durability>>,
+    ) -> Self {
         let vhost = Self {
             name: Arc::from(name),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             memory,
+            durability,
             topology: Mutex::new(()),
         };
         for (name, kind) in [
@@ -116,10 +129,83 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        if settings.durable
+            && let Some(d) = &self.durability
+        {
+            let record = ExchangeRecord {
+                vhost: self.name.to_string(),
+                name: name.to_string(),
+                settings: settings.clone(),
+            };
+            d.put(MetaKind::Exchange, &record.key(), &record.value());
+        }
         let name = ExchangeName::new(name);
         let exchange = Arc::new(Exchange::new(name.clone(), settings));
         self.exchanges.insert(name, Arc::clone(&exchange));
         Ok(exchange)
+    }
+
+    /// Puts back a durable exchange found in the store at start.
+    pub fn restore_exchange(&self, record: ExchangeRecord) {
+        let name = ExchangeName::new(&record.name);
+        self.exchanges
+            .insert(name.clone(), Arc::new(Exchange::new(name, record.settings)));
+    }
+
+    /// Puts back a durable queue rebuilt from the store at start.
+    pub fn restore_queue(&self, queue: Arc<Queue>) {
+        self.queues.insert(queue.name.clone(), queue);
+    }
+
+    /// Puts back a durable binding found in the store at start; false if an end is missing.
+    pub fn restore_binding(&self, record: &BindingRecord) -> bool {
+        let Some(source) = self.exchange(&record.source) else {
+            return false;
+        };
+        let destination = match &record.target {
+            BindingTarget::Queue(q) => self.queue(q).map(Destination::Queue),
+            BindingTarget::Exchange(e) => self.exchange(e).map(Destination::Exchange),
+        };
+        let Some(destination) = destination else {
+            return false;
+        };
+        source
+            .table_mut()
+            .bind(destination, &record.routing_key, &record.arguments);
+        true
+    }
+
+    /// The stored record of a binding, if both its ends are durable.
+    fn binding_record(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Option<BindingRecord> {
+        if !source.settings.durable || source.is_default() {
+            return None;
+        }
+        let target = match destination {
+            Destination::Queue(q) if q.store.is_some() => BindingTarget::Queue(q.name.to_string()),
+            Destination::Exchange(e) if e.settings.durable => {
+                BindingTarget::Exchange(e.name.to_string())
+            }
+            _ => return None,
+        };
+        Some(BindingRecord {
+            vhost: self.name.to_string(),
+            source: source.name.to_string(),
+            target,
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        })
+    }
+
+    fn forget_binding(&self, record: Option<BindingRecord>) {
+        if let (Some(record), Some(d)) = (record, &self.durability) {
+            d.delete(MetaKind::Binding, &record.key());
+        }
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> ProtocolResult {
@@ -147,22 +233,45 @@ impl VHost {
         self.exchanges.remove(exchange.name.as_str());
         let destination = Destination::Exchange(Arc::clone(exchange));
         self.remove_destination_everywhere(&destination);
-        *exchange.table_mut() = crate::exchange::RoutingTable::new(exchange.kind());
+        let old = std::mem::replace(
+            &mut *exchange.table_mut(),
+            crate::exchange::RoutingTable::new(exchange.kind()),
+        );
+        if exchange.settings.durable
+            && let Some(d) = &self.durability
+        {
+            for (dest, key, args) in old.bindings() {
+                self.forget_binding(self.binding_record(exchange, dest, key, args));
+            }
+            d.delete(MetaKind::Exchange, &name_key(&self.name, &exchange.name));
+        }
     }
 
     /// Drops every binding to `destination`, then auto-deletes exchanges left without
     /// bindings.
     fn remove_destination_everywhere(&self, destination: &Destination) {
         let mut emptied = Vec::new();
+        let mut forgotten = Vec::new();
         for entry in self.exchanges.iter() {
             let exchange = entry.value();
             let mut table = exchange.table_mut();
+            if self.durability.is_some() {
+                forgotten.extend(
+                    table
+                        .bindings()
+                        .filter(|(d, _, _)| *d == destination)
+                        .filter_map(|(d, k, a)| self.binding_record(exchange, d, k, a)),
+                );
+            }
             if table.remove_destination(destination) > 0
                 && table.is_empty()
                 && exchange.settings.auto_delete
             {
                 emptied.push(Arc::clone(exchange));
             }
+        }
+        for record in forgotten {
+            self.forget_binding(Some(record));
         }
         for exchange in emptied {
             self.remove_exchange(&exchange);
@@ -199,11 +308,30 @@ impl VHost {
         } else {
             QueueName::new(name)
         };
+        // Exclusive queues never outlive their connection, so they are never stored.
+        let store = match &self.durability {
+            Some(d) if settings.durable && settings.exclusive_owner.is_none() => {
+                let record = QueueRecord {
+                    vhost: self.name.to_string(),
+                    name: name.to_string(),
+                    id: d.next_queue_id(),
+                    auto_delete: settings.auto_delete,
+                    arguments: settings.arguments.clone(),
+                };
+                d.put(MetaKind::Queue, &record.key(), &record.value());
+                Some(QueueStore {
+                    store: d.store.clone(),
+                    id: record.id,
+                })
+            }
+            _ => None,
+        };
         let queue = Arc::new(Queue::new(
             name.clone(),
             Arc::clone(&self.name),
             settings,
             Arc::clone(&self.memory),
+            store,
         ));
         self.queues.insert(name, Arc::clone(&queue));
         Ok((queue, QueueCounts::default()))
@@ -253,7 +381,15 @@ impl VHost {
             return 0;
         }
         self.remove_destination_everywhere(&Destination::Queue(Arc::clone(queue)));
-        queue.delete()
+        let count = queue.delete();
+        if let (Some(store), Some(d)) = (&queue.store, &self.durability) {
+            // Late writes for this queue id are ignored by the store from here on.
+            store
+                .store
+                .submit(vec![WriteOp::DropQueue { queue: store.id }], None);
+            d.delete(MetaKind::Queue, &name_key(&self.name, &queue.name));
+        }
+        count
     }
 
     pub fn bind(
@@ -269,9 +405,13 @@ impl VHost {
             .kind()
             .validate_binding(arguments)
             .map_err(|e| ProtocolError::precondition_failed(e.0))?;
-        exchange
+        let record = self.binding_record(&exchange, &destination, routing_key, arguments);
+        let added = exchange
             .table_mut()
             .bind(destination, routing_key, arguments);
+        if added && let (Some(record), Some(d)) = (record, &self.durability) {
+            d.put(MetaKind::Binding, &record.key(), &[]);
+        }
         Ok(())
     }
 
@@ -284,10 +424,15 @@ impl VHost {
     ) -> ProtocolResult {
         let _topology = self.lock_topology();
         let exchange = self.bindable_source(source)?;
-        let now_empty = {
+        let record = self.binding_record(&exchange, &destination, routing_key, arguments);
+        let (removed, now_empty) = {
             let mut table = exchange.table_mut();
-            table.unbind(&destination, routing_key, arguments) && table.is_empty()
+            let removed = table.unbind(&destination, routing_key, arguments);
+            (removed, removed && table.is_empty())
         };
+        if removed {
+            self.forget_binding(record);
+        }
         if now_empty && exchange.settings.auto_delete {
             self.remove_exchange(&exchange);
         }

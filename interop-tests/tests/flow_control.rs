@@ -153,3 +153,60 @@ async fn publishing_below_the_watermark_is_never_blocked() {
         panic!("blocked below the watermark");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_alarm_blocks_publishers_while_consumers_keep_draining() {
+    let broker = TestBroker::start().await;
+    let (_consumer_conn, cch) = broker.channel().await;
+    declare_queue(&cch, "disk").await;
+    let publisher = broker.connect().await;
+    let mut events = publisher.events_listener();
+    let pch = open_channel(&publisher).await;
+    publish(&pch, "", "disk", b"before the alarm").await;
+
+    // No filesystem has this much free space: the alarm goes off at the next check.
+    broker
+        .broker
+        .as_ref()
+        .expect("running")
+        .set_disk_free_limit(u64::MAX);
+    wait_for_event(&mut events, "connection.blocked", |e| {
+        matches!(e, Event::ConnectionBlocked(_))
+    })
+    .await;
+
+    // Consumers keep draining while publishers are blocked.
+    let mut consumer = consume_with(
+        &cch,
+        "disk",
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(next_delivery(&mut consumer).await.data, b"before the alarm");
+
+    // A publish sent now waits in the socket until space returns.
+    let pending = {
+        let pch = pch.clone();
+        tokio::spawn(async move { publish(&pch, "", "disk", b"after the alarm").await })
+    };
+    assert!(
+        tokio::time::timeout(QUIET, consumer.next()).await.is_err(),
+        "a blocked publisher's message was delivered"
+    );
+
+    broker
+        .broker
+        .as_ref()
+        .expect("running")
+        .set_disk_free_limit(0);
+    wait_for_event(&mut events, "connection.unblocked", |e| {
+        matches!(e, Event::ConnectionUnblocked)
+    })
+    .await;
+    within("the blocked publish", pending).await.unwrap();
+    assert_eq!(next_delivery(&mut consumer).await.data, b"after the alarm");
+}

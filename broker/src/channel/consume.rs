@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use amqp_codec::protocol::{AMQPClass, basic};
-use amqp_codec::{AMQPValue, encode};
+use amqp_codec::{AMQPValue, Qos, encode};
 
 use super::{Channel, ChannelConsumer, ChannelContext};
 use crate::error::{ProtocolError, ProtocolResult};
@@ -11,13 +11,13 @@ use crate::names::{ConsumerTag, generated_suffix};
 use crate::queue::{Consumer, Queue};
 
 impl Channel {
-    pub(super) fn on_qos(
-        &mut self,
-        qos: basic::Qos,
-        ctx: &mut ChannelContext<'_>,
-    ) -> ProtocolResult {
-        // amq-protocol drops prefetch_size while parsing, so RabbitMQ's 540 for a non-zero
-        // prefetch_size cannot be raised here; the size limit is simply not applied.
+    pub(super) fn on_qos(&mut self, qos: Qos, ctx: &mut ChannelContext<'_>) -> ProtocolResult {
+        if qos.prefetch_size != 0 {
+            return Err(ProtocolError::not_implemented(format!(
+                "prefetch_size!=0 ({})",
+                qos.prefetch_size
+            )));
+        }
         let count = u32::from(qos.prefetch_count);
         if qos.global {
             self.global_prefetch = count;
@@ -150,6 +150,7 @@ impl Channel {
             &message.body,
             ctx.frame_max,
         );
+        super::record_delivery(&queue, &entry, get.no_ack, ctx.batch);
         if !get.no_ack {
             self.unacked.push(super::Unacked {
                 tag,

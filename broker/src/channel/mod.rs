@@ -17,14 +17,14 @@ use amqp_codec::{Frame, Method, encode};
 use bytes::BytesMut;
 
 use crate::connection::outbox::{Delivery, Outbox};
+use crate::durable::StoreBatch;
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::Exchange;
-use crate::message::Message;
 use crate::names::{ConsumerTag, QueueName};
 use crate::queue::{ChannelCredit, ConnectionId, Consumer, Queue};
 use crate::vhost::{RouteScratch, VHost};
 
-use publish::{Confirms, ContentState};
+use publish::{Confirms, ContentState, PublishedMessage};
 use unacked::{Unacked, UnackedMap, settle};
 
 /// What a channel needs from its connection while it handles a frame.
@@ -44,6 +44,8 @@ pub struct ChannelContext<'a> {
     pub exclusive_queues: &'a mut Vec<Arc<Queue>>,
     /// Set when the connection published: only publishers are blocked by alarms.
     pub published: &'a mut bool,
+    /// Store writes of this batch, and enqueues held until they are submitted.
+    pub batch: &'a mut StoreBatch,
 }
 
 /// A consumer opened on this channel.
@@ -56,7 +58,7 @@ struct ChannelConsumer {
 /// Publishes and settlements held back until `tx.commit`.
 #[derive(Debug, Default)]
 struct Transaction {
-    publishes: Vec<(Arc<Exchange>, Arc<Message>, bool)>,
+    publishes: Vec<(Arc<Exchange>, PublishedMessage, bool)>,
     /// Deliveries acked (false) or rejected/nacked (true = requeue) inside the transaction.
     settlements: Vec<(Unacked, bool)>,
 }
@@ -117,10 +119,10 @@ impl Channel {
             }
             Frame::Header { header, .. } => self.on_header(header, ctx),
             Frame::Body { payload, .. } => self.on_body(payload, ctx),
-            Frame::Heartbeat { .. } => Err(ProtocolError::new(
-                crate::error::ReplyCode::FrameError,
-                "heartbeat frame on a non-zero channel",
-            )),
+            Frame::Heartbeat { .. } => Err(ProtocolError::unexpected_frame(format!(
+                "heartbeat frame on channel {}",
+                self.id
+            ))),
         }
     }
 
@@ -128,6 +130,7 @@ impl Channel {
         match method {
             Method::Publish(publish) => self.on_publish(publish),
             Method::Ack(ack) => self.on_ack(ack.delivery_tag, ack.multiple, ctx),
+            Method::Qos(qos) => self.on_qos(qos, ctx),
             Method::Deliver(_) => Err(ProtocolError::command_invalid(
                 "basic.deliver is sent by the server, not the client",
             )),
@@ -189,13 +192,17 @@ impl Channel {
     ) -> ProtocolResult {
         use basic::AMQPMethod as B;
         match method {
-            B::Qos(qos) => self.on_qos(qos, ctx),
             B::Consume(consume) => self.on_consume(consume, ctx),
             B::Cancel(cancel) => self.on_cancel(cancel, ctx),
             B::Get(get) => self.on_get(get, ctx),
             B::Ack(ack) => self.on_ack(ack.delivery_tag, ack.multiple, ctx),
             B::Nack(nack) => self.on_reject(nack.delivery_tag, nack.multiple, nack.requeue, ctx),
             B::Reject(reject) => self.on_reject(reject.delivery_tag, false, reject.requeue, ctx),
+            B::Recover(basic::Recover { requeue: false })
+            | B::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                // As RabbitMQ: redelivering to the same consumer is not supported.
+                Err(ProtocolError::not_implemented("requeue=false"))
+            }
             B::Recover(_) => {
                 self.requeue_all_unacked(ctx);
                 self.reply(ctx, AMQPClass::Basic(B::RecoverOk(basic::RecoverOk {})));
@@ -253,9 +260,9 @@ impl Channel {
                     .into_iter()
                     .partition(|(_, requeue)| *requeue);
                 let mut taken: Vec<Unacked> = ack.into_iter().map(|(u, _)| u).collect();
-                settle(&mut taken, false, ctx.to_pump);
+                settle(&mut taken, false, ctx.to_pump, ctx.batch);
                 let mut taken: Vec<Unacked> = requeue.into_iter().map(|(u, _)| u).collect();
-                settle(&mut taken, true, ctx.to_pump);
+                settle(&mut taken, true, ctx.to_pump, ctx.batch);
                 self.tx = Some(Transaction::default());
                 self.reply(
                     ctx,
@@ -311,7 +318,7 @@ impl Channel {
             txn.settlements
                 .extend(taken.drain(..).map(|u| (u, requeue)));
         } else {
-            settle(&mut taken, requeue, ctx.to_pump);
+            settle(&mut taken, requeue, ctx.to_pump, ctx.batch);
             if self.credit_is_global() {
                 self.pump_all(ctx);
             }
@@ -326,7 +333,7 @@ impl Channel {
 
     fn requeue_all_unacked(&mut self, ctx: &mut ChannelContext<'_>) {
         let mut taken: Vec<Unacked> = self.unacked.drain_all().collect();
-        settle(&mut taken, true, ctx.to_pump);
+        settle(&mut taken, true, ctx.to_pump, ctx.batch);
     }
 
     /// Schedules a pump of every queue this channel consumes from.
@@ -343,7 +350,13 @@ impl Channel {
     }
 
     /// Writes a delivery handed over by a queue, or gives it back if its consumer is gone.
-    pub fn deliver(&mut self, delivery: Delivery, out: &mut BytesMut, frame_max: u32) {
+    pub fn deliver(
+        &mut self,
+        delivery: Delivery,
+        out: &mut BytesMut,
+        frame_max: u32,
+        batch: &mut StoreBatch,
+    ) {
         let Delivery {
             consumer,
             queue,
@@ -367,6 +380,7 @@ impl Channel {
             &message.routing_key,
         );
         encode::content(out, self.id, &message.properties, &message.body, frame_max);
+        record_delivery(&queue, &entry, consumer.no_ack, batch);
         if !consumer.no_ack {
             self.unacked.push(Unacked {
                 tag,
@@ -391,7 +405,11 @@ impl Channel {
 
     /// Closing the channel: consumers go away and unacked messages return to their queues.
     /// Returns auto-delete queues left without consumers.
-    pub fn close(&mut self, to_pump: &mut Vec<Arc<Queue>>) -> Vec<Arc<Queue>> {
+    pub fn close(
+        &mut self,
+        to_pump: &mut Vec<Arc<Queue>>,
+        batch: &mut StoreBatch,
+    ) -> Vec<Arc<Queue>> {
         let mut unused = Vec::new();
         for (_, c) in self.consumers.drain() {
             c.consumer.cancel();
@@ -404,7 +422,7 @@ impl Channel {
                 .restore(txn.settlements.into_iter().map(|(u, _)| u).collect());
         }
         let mut taken: Vec<Unacked> = self.unacked.drain_all().collect();
-        settle(&mut taken, true, to_pump);
+        settle(&mut taken, true, to_pump, batch);
         self.content = ContentState::Idle;
         unused
     }
@@ -412,5 +430,34 @@ impl Channel {
     /// Every queue this channel consumes from, for pumping after the outbox drains.
     pub fn consumed_queues(&self) -> impl Iterator<Item = &Arc<Queue>> {
         self.consumers.values().map(|c| &c.queue)
+    }
+}
+
+/// What the store must learn when a message leaves for a client: a no-ack delivery is gone
+/// for good; a first delivery marks the entry delivered, so that after a crash it comes back
+/// with `redelivered` set.
+pub(crate) fn record_delivery(
+    queue: &Queue,
+    entry: &crate::message::QueueEntry,
+    no_ack: bool,
+    batch: &mut StoreBatch,
+) {
+    let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) else {
+        return;
+    };
+    if no_ack {
+        batch.push(warren_storage::WriteOp::Remove {
+            queue: qs.id,
+            seq: index.seq,
+            message_id: index.message_id,
+        });
+    } else if !entry.redelivered {
+        batch.push(warren_storage::WriteOp::UpdateEntry {
+            queue: qs.id,
+            entry: warren_storage::IndexEntry {
+                delivered: true,
+                ..index
+            },
+        });
     }
 }

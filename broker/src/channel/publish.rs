@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use super::{Channel, ChannelContext};
 use crate::error::{ProtocolError, ProtocolResult, ReplyCode};
 use crate::exchange::Exchange;
-use crate::message::Message;
+use crate::message::{Message, QueueEntry};
+use std::collections::VecDeque;
+use warren_storage::WriteOp;
 
 /// Where the channel is in receiving a message's frames.
 #[derive(Debug, Default)]
@@ -69,23 +71,82 @@ impl Body {
     }
 }
 
+/// Largest body size any message may announce (RabbitMQ's 512 MiB).
+const MAX_BODY_SIZE: u64 = 512 << 20;
+
+/// A message whose frames are all in, not yet routed.
+#[derive(Debug)]
+pub struct PublishedMessage {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: RawProperties,
+    pub body: Bytes,
+}
+
+impl PublishedMessage {
+    fn into_message(self, store_id: Option<u64>) -> Message {
+        Message::new(
+            self.exchange,
+            self.routing_key,
+            self.properties,
+            self.body,
+            store_id,
+        )
+    }
+}
+
 /// Publisher-confirm state (`confirm.select`).
+///
+/// A publish is confirmed once it is enqueued and, if it was written to the store, once that
+/// write is on disk. Confirms go out in order as one `basic.ack` with `multiple` per batch, so
+/// a publish waiting for the disk holds back the confirms of every publish after it.
 #[derive(Debug, Default)]
 pub struct Confirms {
     /// Sequence number the next publish gets.
     next_seq: u64,
-    /// Highest sequence number ready to be confirmed.
+    /// Highest sequence number handled (routed and enqueued).
     ready_up_to: u64,
     /// Highest sequence number already confirmed.
     sent_up_to: u64,
+    /// Runs of publishes waiting for store submissions: (first seq, last seq, submission).
+    waiting: VecDeque<(u64, u64, u64)>,
 }
 
 impl Confirms {
     pub fn new() -> Self {
         Self {
             next_seq: 1,
-            ready_up_to: 0,
-            sent_up_to: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Records that the publish just handled waits for store submission `batch`.
+    fn wait_for(&mut self, seq: u64, batch: u64) {
+        match self.waiting.back_mut() {
+            Some((_, last, b)) if *b == batch => *last = seq,
+            _ => self.waiting.push_back((seq, seq, batch)),
+        }
+    }
+
+    /// Store submission `batch` (and every earlier one) finished. Returns the runs that failed
+    /// and must be nacked.
+    pub fn durable(&mut self, batch: u64, ok: bool, failed: &mut Vec<(u64, u64)>) {
+        while let Some(&(first, last, b)) = self.waiting.front() {
+            if b > batch {
+                break;
+            }
+            self.waiting.pop_front();
+            if !ok {
+                failed.push((first, last));
+            }
+        }
+    }
+
+    /// Highest seq that may be confirmed now.
+    fn confirmable(&self) -> u64 {
+        match self.waiting.front() {
+            Some((first, _, _)) => first.saturating_sub(1).min(self.ready_up_to),
+            None => self.ready_up_to,
         }
     }
 }
@@ -145,6 +206,17 @@ impl Channel {
                 "content header for class {} on channel {}",
                 header.class_id, self.id
             )));
+        }
+        if header.body_size > MAX_BODY_SIZE {
+            // RabbitMQ's command assembler refuses these outright, before any body arrives.
+            return Err(ProtocolError::new(
+                ReplyCode::FrameError,
+                format!(
+                    "content body size {} exceeds the protocol limit {MAX_BODY_SIZE}",
+                    header.body_size
+                ),
+            )
+            .on((60, 40)));
         }
         if header.body_size > ctx.max_message_size {
             return Err(ProtocolError::precondition_failed(format!(
@@ -215,12 +287,12 @@ impl Channel {
             .on((60, 40)));
         }
         check_properties(&header.properties, ctx.user).map_err(|e| e.on((60, 40)))?;
-        let message = Arc::new(Message {
+        let message = PublishedMessage {
             exchange: publish.exchange,
             routing_key: publish.routing_key,
             properties: header.properties,
             body,
-        });
+        };
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((exchange, message, publish.mandatory));
             return Ok(());
@@ -229,11 +301,12 @@ impl Channel {
         Ok(())
     }
 
-    /// Routes a complete message, enqueues it, and records its confirm.
+    /// Routes a complete message and queues it for enqueueing, with its store writes when it
+    /// is persistent and reaches durable queues; records its confirm.
     pub(super) fn route_and_enqueue(
         &mut self,
         exchange: &Arc<Exchange>,
-        message: Arc<Message>,
+        message: PublishedMessage,
         mandatory: bool,
         ctx: &mut ChannelContext<'_>,
     ) {
@@ -245,18 +318,59 @@ impl Channel {
             &mut self.route_scratch,
             &mut self.route_out,
         );
+        let mut wrote = false;
         if self.route_out.is_empty() {
             if mandatory {
+                let message = message.into_message(None);
                 self.send_return(&message, ReplyCode::NoRoute, ctx);
             }
         } else {
+            let persistent = message.properties.delivery_mode() == Some(2);
+            let durable_queues = if persistent {
+                self.route_out.iter().filter(|q| q.store.is_some()).count() as u32
+            } else {
+                0
+            };
+            let store_id = match ctx.batch.store() {
+                Some(store) if durable_queues > 0 => Some(store.next_message_id()),
+                _ => None,
+            };
+            let message = Arc::new(message.into_message(store_id));
+            if let Some(id) = store_id {
+                ctx.batch.push(WriteOp::PutMessage {
+                    id,
+                    message: message.to_stored(),
+                    references: durable_queues,
+                });
+                ctx.batch.written(Arc::clone(&message));
+                wrote = true;
+            }
             for queue in self.route_out.drain(..) {
-                queue.publish(Arc::clone(&message));
+                let seq = queue.reserve_seq();
+                let entry = QueueEntry {
+                    seq,
+                    message: Arc::clone(&message),
+                    redelivered: false,
+                    delivery_count: 0,
+                    persisted: store_id.is_some() && queue.store.is_some(),
+                };
+                if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
+                    ctx.batch.push(WriteOp::Enqueue {
+                        queue: qs.id,
+                        entry: index,
+                    });
+                }
+                ctx.batch.hold_enqueue(queue, entry);
             }
         }
         if let Some(confirms) = &mut self.confirms {
-            confirms.ready_up_to = confirms.next_seq;
+            let seq = confirms.next_seq;
+            confirms.ready_up_to = seq;
             confirms.next_seq += 1;
+            if wrote {
+                confirms.wait_for(seq, ctx.batch.id());
+                ctx.batch.want_confirm();
+            }
         }
     }
 
@@ -279,15 +393,34 @@ impl Channel {
         );
     }
 
-    /// Writes one `basic.ack` (multiple) covering every publish confirmed since the last
+    /// Writes one `basic.ack` (multiple) covering every publish confirmable since the last
     /// call: a burst of publishes costs one confirm frame.
     pub fn flush_confirms(&mut self, out: &mut BytesMut) {
-        if let Some(confirms) = &mut self.confirms
-            && confirms.ready_up_to > confirms.sent_up_to
-        {
-            let multiple = confirms.ready_up_to - confirms.sent_up_to > 1;
-            encode::ack(out, self.id, confirms.ready_up_to, multiple);
-            confirms.sent_up_to = confirms.ready_up_to;
+        let Some(confirms) = &mut self.confirms else {
+            return;
+        };
+        let up_to = confirms.confirmable();
+        if up_to > confirms.sent_up_to {
+            let multiple = up_to - confirms.sent_up_to > 1;
+            encode::ack(out, self.id, up_to, multiple);
+            confirms.sent_up_to = up_to;
+        }
+    }
+
+    /// A store submission of this connection finished: confirms waiting for it can go, and
+    /// publishes whose write failed are nacked.
+    pub fn on_durable(&mut self, batch: u64, ok: bool, out: &mut BytesMut) {
+        let Some(confirms) = &mut self.confirms else {
+            return;
+        };
+        let mut failed = Vec::new();
+        confirms.durable(batch, ok, &mut failed);
+        for (first, last) in failed {
+            if first > confirms.sent_up_to + 1 {
+                encode::ack(out, self.id, first - 1, first - 1 > confirms.sent_up_to + 1);
+            }
+            encode::nack(out, self.id, last, last > first, false);
+            confirms.sent_up_to = confirms.sent_up_to.max(last);
         }
     }
 }

@@ -164,7 +164,7 @@ impl Channel {
             Q::Purge(p) => {
                 let name = self.resolve_queue_name(p.queue.as_str())?;
                 let queue = ctx.vhost.existing_queue(&name, ctx.conn_id)?;
-                let message_count = queue.purge();
+                let message_count = queue.purge(ctx.batch.ops_mut());
                 if !p.nowait {
                     self.reply(
                         ctx,

@@ -6,6 +6,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use warren_storage::WriteOp;
+
+use crate::durable::StoreBatch;
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::message::QueueEntry;
 use crate::names::DeliveryTag;
@@ -81,10 +84,15 @@ fn unknown_tag(tag: DeliveryTag) -> ProtocolError {
     ProtocolError::precondition_failed(format!("unknown delivery tag {tag}"))
 }
 
-/// Settles taken deliveries: acked ones leave their queues, requeued ones go back. Runs of
-/// the same queue are settled in one call. Queues whose consumers got credit back are added
-/// to `to_pump`.
-pub fn settle(taken: &mut Vec<Unacked>, requeue: bool, to_pump: &mut Vec<Arc<Queue>>) {
+/// Settles taken deliveries: acked ones leave their queues (and the store), requeued ones go
+/// back (their new delivery count written first). Runs of the same queue are settled in one
+/// call. Queues whose consumers got credit back are added to `to_pump`.
+pub fn settle(
+    taken: &mut Vec<Unacked>,
+    requeue: bool,
+    to_pump: &mut Vec<Arc<Queue>>,
+    batch: &mut StoreBatch,
+) {
     let mut i = 0;
     while i < taken.len() {
         let queue = Arc::clone(&taken[i].queue);
@@ -98,8 +106,29 @@ pub fn settle(taken: &mut Vec<Unacked>, requeue: bool, to_pump: &mut Vec<Arc<Que
             j += 1;
         }
         if requeue {
+            for u in &mut taken[i..j] {
+                u.entry.redelivered = true;
+                u.entry.delivery_count = u.entry.delivery_count.saturating_add(1);
+                if let (Some(index), Some(qs)) = (u.entry.index_entry(), &queue.store) {
+                    batch.push(WriteOp::UpdateEntry {
+                        queue: qs.id,
+                        entry: index,
+                    });
+                }
+            }
+            // The new counts reach the store before another consumer can see the messages.
+            batch.submit();
             queue.requeue(taken[i..j].iter().map(|u| u.entry.clone()));
         } else {
+            if let Some(qs) = &queue.store {
+                batch.extend(taken[i..j].iter().filter_map(|u| {
+                    u.entry.index_entry().map(|index| WriteOp::Remove {
+                        queue: qs.id,
+                        seq: index.seq,
+                        message_id: index.message_id,
+                    })
+                }));
+            }
             queue.settle(j - i, bytes);
         }
         if !to_pump.iter().any(|q| Arc::ptr_eq(q, &queue)) {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::channel::{Channel, ChannelContext};
+use crate::durable::StoreBatch;
 use crate::error::{ProtocolError, ReplyCode};
 use crate::queue::{ConnectionId, Queue};
 use crate::server::BrokerState;
@@ -76,6 +77,8 @@ pub struct Connection {
     /// Did we tell the client `connection.blocked`?
     blocked_sent: bool,
     last_read: Instant,
+    /// Store writes of the current batch and the enqueues waiting for them.
+    batch: StoreBatch,
 }
 
 /// Runs one accepted connection to its end.
@@ -92,6 +95,8 @@ pub async fn serve(
         let (read, write) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::channel(writer::WRITER_QUEUE);
         let writer_task = tokio::spawn(writer::run(write, writer_rx).in_current_span());
+        let outbox = Arc::new(Outbox::default());
+        let batch = StoreBatch::new(broker.store(), Arc::clone(&outbox));
         let mut conn = Connection {
             id,
             peer,
@@ -101,7 +106,8 @@ pub async fn serve(
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             out: BytesMut::with_capacity(READ_BUFFER),
             writer: writer_tx,
-            outbox: Arc::new(Outbox::default()),
+            outbox,
+            batch,
             outbox_items: Vec::new(),
             channels: HashMap::new(),
             exclusive_queues: Vec::new(),
@@ -230,7 +236,7 @@ impl Connection {
         let method = if block {
             tracing::info!("blocking publisher: resource alarm");
             connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
+                reason: self.broker.memory.reason().into(),
             })
         } else {
             connection::AMQPMethod::Unblocked(connection::Unblocked {})
@@ -263,15 +269,16 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, frame: Frame, session: &Session) -> Option<Exit> {
+        // Held-back publishes become visible before any method that could observe a queue.
+        if let Frame::Method { method, .. } = &frame
+            && !matches!(method, Method::Publish(_) | Method::Ack(_))
+            && self.batch.has_pending()
+        {
+            self.batch.flush();
+        }
         let channel_id = frame.channel();
         if channel_id == 0 {
             return self.handle_connection_frame(frame);
-        }
-        if channel_id > session.tuning.channel_max {
-            return Some(Exit::Error(ProtocolError::channel_error(format!(
-                "channel {channel_id} is above the negotiated channel_max {}",
-                session.tuning.channel_max
-            ))));
         }
         let channel_method = match &frame {
             Frame::Method {
@@ -280,7 +287,19 @@ impl Connection {
             } => Some(m.clone()),
             _ => None,
         };
+        let open_channels = self.channels.len();
         match (self.channels.get_mut(&channel_id), channel_method) {
+            (None, Some(channel::AMQPMethod::Open(_)))
+                if open_channels >= usize::from(session.tuning.channel_max) =>
+            {
+                Some(Exit::Error(
+                    ProtocolError::not_allowed(format!(
+                        "number of channels opened ({open_channels}) has reached the negotiated channel_max ({})",
+                        session.tuning.channel_max
+                    ))
+                    .on((20, 10)),
+                ))
+            }
             (None, Some(channel::AMQPMethod::Open(_))) => {
                 self.channels.insert(
                     channel_id,
@@ -332,6 +351,7 @@ impl Connection {
                     to_pump: &mut self.to_pump,
                     exclusive_queues: &mut self.exclusive_queues,
                     published: &mut self.published,
+                    batch: &mut self.batch,
                 };
                 match ch.handle(frame, &mut ctx) {
                     Ok(()) => None,
@@ -374,7 +394,7 @@ impl Connection {
                 }
             },
             Frame::Method { method, .. } => Some(Exit::Error(
-                ProtocolError::command_invalid("only connection methods may use channel 0")
+                ProtocolError::channel_error("unexpected method in connection state running")
                     .on(method.ids()),
             )),
             Frame::Header { .. } | Frame::Body { .. } => Some(Exit::Error(
@@ -407,7 +427,7 @@ impl Connection {
     /// Releases a channel's consumers and unacked messages.
     fn close_channel(&mut self, channel_id: u16, vhost: &Arc<VHost>) {
         if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel_id) {
-            for queue in ch.close(&mut self.to_pump) {
+            for queue in ch.close(&mut self.to_pump, &mut self.batch) {
                 vhost.remove_queue_if_present(&queue);
             }
         }
@@ -416,6 +436,7 @@ impl Connection {
     /// Work after a batch of frames: deliveries waiting in the outbox, queues to pump, and
     /// the publisher confirms the batch earned.
     fn after_batch(&mut self, session: &Session) {
+        self.batch.flush();
         self.drain_outbox(session);
         if !self.to_pump.is_empty() {
             for queue in self.to_pump.drain(..) {
@@ -423,6 +444,8 @@ impl Connection {
             }
             self.drain_outbox(session);
         }
+        // Writes from deliveries and acks in this batch (delivered flags, removals).
+        self.batch.submit();
         for slot in self.channels.values_mut() {
             if let ChannelSlot::Open(ch) = slot {
                 ch.flush_confirms(&mut self.out);
@@ -439,14 +462,24 @@ impl Connection {
                 OutboxItem::Deliver(delivery) => {
                     delivered += 1;
                     match self.channels.get_mut(&delivery.consumer.channel) {
-                        Some(ChannelSlot::Open(ch)) => {
-                            ch.deliver(delivery, &mut self.out, session.tuning.frame_max)
-                        }
+                        Some(ChannelSlot::Open(ch)) => ch.deliver(
+                            delivery,
+                            &mut self.out,
+                            session.tuning.frame_max,
+                            &mut self.batch,
+                        ),
                         _ => {
                             delivery.consumer.release_credit(1);
                             delivery
                                 .queue
                                 .requeue_unsent(delivery.entry, delivery.consumer.no_ack);
+                        }
+                    }
+                }
+                OutboxItem::Durable { batch, ok } => {
+                    for slot in self.channels.values_mut() {
+                        if let ChannelSlot::Open(ch) = slot {
+                            ch.on_durable(batch, ok, &mut self.out);
                         }
                     }
                 }
@@ -550,6 +583,7 @@ impl Connection {
             self.close_channel(id, vhost);
         }
         self.channels.clear();
+        self.batch.flush();
         for queue in self.exclusive_queues.drain(..) {
             vhost.remove_queue_if_present(&queue);
         }

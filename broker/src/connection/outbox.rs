@@ -34,6 +34,12 @@ pub enum OutboxItem {
         channel: u16,
         tag: ConsumerTag,
     },
+    /// Store submission `batch` of this connection is on disk (or failed): publisher
+    /// confirms waiting for it can go out.
+    Durable {
+        batch: u64,
+        ok: bool,
+    },
 }
 
 #[derive(Debug, Default)]

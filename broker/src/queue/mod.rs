@@ -9,19 +9,23 @@
 
 mod arguments;
 mod consumer;
+mod ready;
 
-use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use amqp_codec::FieldTable;
 
 pub use arguments::{Overflow, QueueArguments, QueueType};
 pub use consumer::{ChannelCredit, Consumer};
+use ready::ReadyMessages;
+pub use ready::{DiskRun, QueueStore};
+use warren_storage::WriteOp;
 
 use crate::connection::outbox::{Delivery, OutboxItem};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::memory::MemoryMonitor;
-use crate::message::{Message, QueueEntry};
+use crate::message::QueueEntry;
 use crate::names::{ConsumerTag, QueueName};
 
 /// Connection that owns an exclusive queue.
@@ -43,15 +47,18 @@ pub struct Queue {
     pub name: QueueName,
     pub settings: QueueSettings,
     pub vhost: Arc<str>,
+    /// Where a durable queue keeps persistent messages; `None` for transient queues.
+    pub store: Option<QueueStore>,
+    /// Next position handed out; reserved before the message is enqueued, so that its
+    /// write reaches the store before any consumer can see it.
+    next_seq: AtomicU64,
     state: Mutex<QueueState>,
     memory: Arc<MemoryMonitor>,
 }
 
 #[derive(Debug, Default)]
 struct QueueState {
-    /// Ready messages in `seq` order.
-    ready: VecDeque<QueueEntry>,
-    next_seq: u64,
+    ready: ReadyMessages,
     /// Delivered to a consumer or `basic.get` and not yet settled.
     unacked: usize,
     /// Sorted by priority, highest first; insertion order within a priority.
@@ -76,12 +83,31 @@ impl Queue {
         vhost: Arc<str>,
         settings: QueueSettings,
         memory: Arc<MemoryMonitor>,
+        store: Option<QueueStore>,
+    ) -> Self {
+        Self::recovered(name, vhost, settings, memory, store, None, 0)
+    }
+
+    /// A durable queue rebuilt from the store: its messages start on disk.
+    pub fn recovered(
+        name: QueueName,
+        vhost: Arc<str>,
+        settings: QueueSettings,
+        memory: Arc<MemoryMonitor>,
+        store: Option<QueueStore>,
+        disk: Option<DiskRun>,
+        next_seq: u64,
     ) -> Self {
         Self {
             name,
             settings,
             vhost,
-            state: Mutex::new(QueueState::default()),
+            store,
+            next_seq: AtomicU64::new(next_seq),
+            state: Mutex::new(QueueState {
+                ready: ReadyMessages::recovered(disk),
+                ..QueueState::default()
+            }),
             memory,
         }
     }
@@ -93,6 +119,10 @@ impl Queue {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    pub fn is_durable_store(&self) -> bool {
+        self.store.is_some()
     }
 
     pub fn is_exclusive_to_other(&self, connection: ConnectionId) -> bool {
@@ -113,7 +143,7 @@ impl Queue {
     pub fn counts(&self) -> QueueCounts {
         let st = self.lock();
         QueueCounts {
-            ready: st.ready.len() as u32,
+            ready: st.ready.len().min(u64::from(u32::MAX)) as u32,
             unacked: st.unacked as u32,
             consumers: st.consumers.len() as u32,
         }
@@ -123,49 +153,53 @@ impl Queue {
         self.lock().deleted
     }
 
-    /// Appends a message and hands ready messages to consumers with credit.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// The position the next message will take.
+    pub fn reserve_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds messages (with reserved seqs) and hands ready messages to consumers with credit.
+    pub fn enqueue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueueEntry>) {
         let mut st = self.lock();
         if st.deleted {
             return;
         }
-        self.memory.add(message.size());
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.ready.push_back(QueueEntry {
-            seq,
-            message,
-            redelivered: false,
-            delivery_count: 0,
-        });
+        let pageable = self.store.is_some();
+        for entry in entries {
+            self.memory.add(entry.message.size());
+            st.ready.push(entry, pageable);
+        }
         self.dispatch(&mut st);
+        if pageable {
+            let released = st.ready.page_out();
+            self.memory.release(released);
+        }
     }
 
     /// `basic.get`: the head message and how many remain.
     pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
         let mut st = self.lock();
-        let entry = st.ready.pop_front()?;
+        let (entry, paged_in) = st.ready.pop_front(self.store.as_ref())?;
+        self.memory.add(paged_in);
         if no_ack {
             self.memory.release(entry.message.size());
         } else {
             st.unacked += 1;
         }
-        Some((entry, st.ready.len() as u32))
+        let remaining = st.ready.len().min(u64::from(u32::MAX)) as u32;
+        Some((entry, remaining))
     }
 
     /// Puts delivered messages back at their original places, marked redelivered.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = QueueEntry>) {
         let mut st = self.lock();
-        for mut entry in entries {
+        for entry in entries {
             st.unacked = st.unacked.saturating_sub(1);
             if st.deleted {
                 self.memory.release(entry.message.size());
                 continue;
             }
-            entry.redelivered = true;
-            entry.delivery_count = entry.delivery_count.saturating_add(1);
-            let at = st.ready.partition_point(|e| e.seq < entry.seq);
-            st.ready.insert(at, entry);
+            st.ready.requeue(entry);
         }
         self.dispatch(&mut st);
     }
@@ -184,8 +218,7 @@ impl Queue {
             self.memory.release(entry.message.size());
             return;
         }
-        let at = st.ready.partition_point(|e| e.seq < entry.seq);
-        st.ready.insert(at, entry);
+        st.ready.requeue(entry);
         self.dispatch(&mut st);
     }
 
@@ -198,6 +231,17 @@ impl Queue {
         st.unacked = st.unacked.saturating_sub(count);
         drop(st);
         self.memory.release(bytes);
+    }
+
+    /// Drops from memory the bodies of tail messages whose writes have reached the disk.
+    pub fn page_out(&self) {
+        if self.store.is_none() {
+            return;
+        }
+        let mut st = self.lock();
+        let released = st.ready.page_out();
+        drop(st);
+        self.memory.release(released);
     }
 
     /// Hands ready messages to consumers that have credit again.
@@ -245,15 +289,28 @@ impl Queue {
         self.settings.auto_delete && st.had_consumers && st.consumers.is_empty() && !st.deleted
     }
 
-    /// Drops every ready message; returns how many.
-    pub fn purge(&self) -> u32 {
+    /// Drops every ready message; returns how many. Store removals go into `ops`.
+    pub fn purge(&self, ops: &mut Vec<WriteOp>) -> u32 {
         let mut st = self.lock();
-        let n = st.ready.len() as u32;
-        let bytes: u64 = st.ready.iter().map(|e| e.message.size()).sum();
-        st.ready.clear();
+        let count = st.ready.len();
+        let (entries, disk) = st.ready.take_all();
         drop(st);
+        let bytes: u64 = entries.iter().map(|e| e.message.size()).sum();
         self.memory.release(bytes);
-        n
+        let Some(store) = &self.store else {
+            return count.min(u64::from(u32::MAX)) as u32;
+        };
+        ops.extend(entries.iter().filter_map(|e| {
+            e.index_entry().map(|i| WriteOp::Remove {
+                queue: store.id,
+                seq: i.seq,
+                message_id: i.message_id,
+            })
+        }));
+        if let Some(run) = disk {
+            remove_disk_run(store, run, ops);
+        }
+        count.min(u64::from(u32::MAX)) as u32
     }
 
     /// Marks the queue deleted, drops its ready messages and tells its consumers. Returns the
@@ -264,9 +321,8 @@ impl Queue {
             return 0;
         }
         st.deleted = true;
-        let n = st.ready.len() as u32;
-        let bytes: u64 = st.ready.iter().map(|e| e.message.size()).sum();
-        st.ready.clear();
+        let n = st.ready.len();
+        let (entries, _) = st.ready.take_all();
         for consumer in st.consumers.drain(..) {
             consumer.outbox.push(OutboxItem::Cancel {
                 channel: consumer.channel,
@@ -274,8 +330,9 @@ impl Queue {
             });
         }
         drop(st);
-        self.memory.release(bytes);
-        n
+        self.memory
+            .release(entries.iter().map(|e| e.message.size()).sum());
+        n.min(u64::from(u32::MAX)) as u32
     }
 
     pub fn has_consumer_tag(&self, tag: &ConsumerTag) -> bool {
@@ -283,13 +340,16 @@ impl Queue {
     }
 
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
-        while !st.ready.is_empty() {
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = pick_consumer(st) else {
                 break;
             };
-            let Some(entry) = st.ready.pop_front() else {
+            let Some((entry, paged_in)) = st.ready.pop_front(self.store.as_ref()) else {
+                // Nothing could be read back; give the credit back and stop.
+                st.consumers[idx].release_credit(1);
                 break;
             };
+            self.memory.add(paged_in);
             let consumer = &st.consumers[idx];
             if consumer.no_ack {
                 self.memory.release(entry.message.size());
@@ -303,6 +363,34 @@ impl Queue {
                 entry,
             }));
         }
+    }
+}
+
+/// Removal ops for every entry of a disk run, read from the index in chunks.
+fn remove_disk_run(store: &QueueStore, run: DiskRun, ops: &mut Vec<WriteOp>) {
+    let mut next = run.next;
+    let mut left = run.count;
+    while left > 0 {
+        let chunk = match store
+            .store
+            .read_entries(store.id, next, left.min(4096) as usize)
+        {
+            Ok(chunk) if !chunk.is_empty() => chunk,
+            Ok(_) => break,
+            Err(error) => {
+                tracing::error!(%error, queue_id = store.id, "cannot read queue index while purging");
+                break;
+            }
+        };
+        for entry in &chunk {
+            ops.push(WriteOp::Remove {
+                queue: store.id,
+                seq: entry.seq,
+                message_id: entry.message_id,
+            });
+            next = entry.seq + 1;
+        }
+        left = left.saturating_sub(chunk.len() as u64);
     }
 }
 

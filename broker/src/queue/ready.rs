@@ -1,0 +1,226 @@
+//! A queue's ready messages, in order, with the bodies of those far from the head kept only
+//! on disk.
+//!
+//! Three runs, in seq order: `head` (in memory, what consumers get next), `disk` (a run of
+//! entries that exist only in the store), and `tail` (the newest, in memory). A deep durable
+//! queue keeps a bounded head and tail in memory; once a tail message's write is on disk its
+//! body can leave memory and join the disk run, and the head is refilled from the store in
+//! batches as consumers approach it (RabbitMQ's classic queues v2 and lazy queues do the same).
+//! A queue without a store keeps everything in `head`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use warren_storage::{QueueId, Seq, Store};
+
+use crate::message::{Message, QueueEntry};
+
+/// Refill the head up to this many entries...
+const HEAD_TARGET: usize = 2048;
+/// ...or this many bytes, whichever comes first.
+const HEAD_TARGET_BYTES: u64 = 8 << 20;
+/// Entries read from the store per refill step.
+const REFILL_BATCH: usize = 512;
+/// Page the tail out once it holds more than this many entries...
+const TAIL_MAX: usize = 1024;
+/// ...or this many bytes.
+const TAIL_MAX_BYTES: u64 = 8 << 20;
+
+/// Entries that exist only in the store: `count` of them, the first at or after `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskRun {
+    pub next: Seq,
+    pub count: u64,
+}
+
+/// Where a durable queue's entries live in the store.
+#[derive(Debug, Clone)]
+pub struct QueueStore {
+    pub store: Store,
+    pub id: QueueId,
+}
+
+#[derive(Debug, Default)]
+pub struct ReadyMessages {
+    head: VecDeque<QueueEntry>,
+    head_bytes: u64,
+    disk: Option<DiskRun>,
+    tail: VecDeque<QueueEntry>,
+    tail_bytes: u64,
+}
+
+impl ReadyMessages {
+    /// A recovered queue: everything starts on disk.
+    pub fn recovered(disk: Option<DiskRun>) -> Self {
+        Self {
+            disk,
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.head.len() as u64 + self.disk.map_or(0, |d| d.count) + self.tail.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a new message at its seq position.
+    pub fn push(&mut self, entry: QueueEntry, pageable: bool) {
+        let size = entry.message.size();
+        let to_head = self.head.back().is_some_and(|b| entry.seq < b.seq)
+            || self.disk.is_some_and(|d| entry.seq < d.next)
+            || (self.disk.is_none()
+                && self.tail.is_empty()
+                && (!pageable
+                    || (self.head.len() < HEAD_TARGET && self.head_bytes < HEAD_TARGET_BYTES)));
+        if to_head {
+            insert_sorted(&mut self.head, entry);
+            self.head_bytes += size;
+        } else {
+            insert_sorted(&mut self.tail, entry);
+            self.tail_bytes += size;
+        }
+    }
+
+    /// Puts a delivered message back at its original place (always ahead of the disk run).
+    pub fn requeue(&mut self, entry: QueueEntry) {
+        self.head_bytes += entry.message.size();
+        insert_sorted(&mut self.head, entry);
+    }
+
+    /// The next message, refilling the head from the store when it runs dry.
+    pub fn pop_front(&mut self, store: Option<&QueueStore>) -> Option<(QueueEntry, u64)> {
+        let mut paged_in = 0;
+        if self.head.is_empty() {
+            paged_in = self.refill(store);
+        }
+        let entry = self.head.pop_front()?;
+        self.head_bytes = self.head_bytes.saturating_sub(entry.message.size());
+        Some((entry, paged_in))
+    }
+
+    /// Bytes paged in: refills the head from the disk run, then moves the tail up once the
+    /// disk run is used up.
+    pub fn refill(&mut self, store: Option<&QueueStore>) -> u64 {
+        let mut added = 0;
+        while self.head.len() < HEAD_TARGET && self.head_bytes < HEAD_TARGET_BYTES {
+            let Some(run) = self.disk else {
+                break;
+            };
+            let Some(store) = store else {
+                break;
+            };
+            let want = REFILL_BATCH.min(run.count as usize);
+            let entries = match store.store.read_entries(store.id, run.next, want) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::error!(%error, queue_id = store.id, "cannot read queue index; messages stay on disk");
+                    break;
+                }
+            };
+            if entries.is_empty() {
+                tracing::error!(
+                    queue_id = store.id,
+                    missing = run.count,
+                    "queue index has fewer entries than expected"
+                );
+                self.disk = None;
+                break;
+            }
+            let mut next = run.next;
+            let mut taken = 0u64;
+            for index in entries {
+                next = index.seq + 1;
+                taken += 1;
+                let message = match store.store.read_message(index.message_id) {
+                    Ok(Some(stored)) => Message::from_stored(index.message_id, stored),
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::error!(%error, message_id = index.message_id, "cannot read message");
+                        None
+                    }
+                };
+                let Some(message) = message else {
+                    tracing::error!(
+                        message_id = index.message_id,
+                        seq = index.seq,
+                        "message body missing from the store; skipped"
+                    );
+                    continue;
+                };
+                let entry = QueueEntry {
+                    seq: index.seq,
+                    message: Arc::new(message),
+                    redelivered: index.delivered,
+                    delivery_count: index.delivery_count,
+                    persisted: true,
+                };
+                let size = entry.message.size();
+                added += size;
+                self.head_bytes += size;
+                self.head.push_back(entry);
+            }
+            let count = run.count.saturating_sub(taken);
+            self.disk = (count > 0).then_some(DiskRun { next, count });
+        }
+        if self.disk.is_none() && !self.tail.is_empty() && self.head.len() < HEAD_TARGET {
+            self.head.append(&mut self.tail);
+            self.head_bytes += std::mem::take(&mut self.tail_bytes);
+        }
+        added
+    }
+
+    /// Drops the bodies of stored tail messages from memory, folding them into the disk run.
+    /// Returns the bytes released.
+    pub fn page_out(&mut self) -> u64 {
+        if self.tail.len() <= TAIL_MAX && self.tail_bytes <= TAIL_MAX_BYTES {
+            return 0;
+        }
+        let mut released = 0;
+        while self.tail.len() > TAIL_MAX / 2 || self.tail_bytes > TAIL_MAX_BYTES / 2 {
+            let Some(front) = self.tail.front() else {
+                break;
+            };
+            if !(front.persisted && front.message.is_stored()) {
+                break;
+            }
+            let Some(entry) = self.tail.pop_front() else {
+                break;
+            };
+            let size = entry.message.size();
+            released += size;
+            self.tail_bytes = self.tail_bytes.saturating_sub(size);
+            match &mut self.disk {
+                Some(run) => run.count += 1,
+                None => {
+                    self.disk = Some(DiskRun {
+                        next: entry.seq,
+                        count: 1,
+                    })
+                }
+            }
+        }
+        released
+    }
+
+    /// Empties the queue: in-memory entries are returned, the disk run is handed back too.
+    pub fn take_all(&mut self) -> (Vec<QueueEntry>, Option<DiskRun>) {
+        let mut entries: Vec<QueueEntry> = self.head.drain(..).collect();
+        entries.extend(self.tail.drain(..));
+        self.head_bytes = 0;
+        self.tail_bytes = 0;
+        (entries, self.disk.take())
+    }
+}
+
+/// Inserts by seq, scanning from the back: new messages almost always belong at the end.
+fn insert_sorted(deque: &mut VecDeque<QueueEntry>, entry: QueueEntry) {
+    if deque.back().is_none_or(|b| b.seq < entry.seq) {
+        deque.push_back(entry);
+        return;
+    }
+    let at = deque.partition_point(|e| e.seq < entry.seq);
+    deque.insert(at, entry);
+}
