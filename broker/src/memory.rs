@@ -52,6 +52,12 @@ impl MemoryMonitor {
         }
     }
 
+    /// Past half the watermark, queues write new messages to the store so their bodies can
+    /// leave memory, instead of letting publishers run into the alarm.
+    pub fn should_page(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.high_watermark / 2
+    }
+
     /// Sets or clears the free-disk alarm.
     pub fn set_disk_alarm(&self, on: bool) {
         if self.disk_alarm.swap(on, Ordering::Relaxed) != on {

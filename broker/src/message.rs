@@ -88,6 +88,8 @@ pub struct QueueEntry {
     pub delivery_count: u32,
     /// The queue's index in the store holds this entry.
     pub persisted: bool,
+    /// Written only to page the body out of memory: not kept across a restart.
+    pub paged: bool,
 }
 
 impl QueueEntry {
@@ -99,6 +101,7 @@ impl QueueEntry {
             message_id,
             delivery_count: self.delivery_count,
             delivered: self.redelivered,
+            transient: self.paged,
             size: self.message.size() as u32,
         })
     }

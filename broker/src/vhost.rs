@@ -86,6 +86,10 @@ impl VHost {
         self.exchanges.get(name).map(|e| Arc::clone(e.value()))
     }
 
+    pub fn memory(&self) -> &MemoryMonitor {
+        &self.memory
+    }
+
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.get(name).map(|q| Arc::clone(q.value()))
     }
@@ -187,7 +191,7 @@ impl VHost {
             return None;
         }
         let target = match destination {
-            Destination::Queue(q) if q.store.is_some() => BindingTarget::Queue(q.name.to_string()),
+            Destination::Queue(q) if q.is_durable() => BindingTarget::Queue(q.name.to_string()),
             Destination::Exchange(e) if e.settings.durable => {
                 BindingTarget::Exchange(e.name.to_string())
             }
@@ -308,24 +312,26 @@ impl VHost {
         } else {
             QueueName::new(name)
         };
-        // Exclusive queues never outlive their connection, so they are never stored.
-        let store = match &self.durability {
-            Some(d) if settings.durable && settings.exclusive_owner.is_none() => {
+        // Every queue gets an id in the store, to page bodies out under memory pressure;
+        // only durable ones get a record, so only they come back after a restart.
+        // Exclusive queues never outlive their connection, so they are never recorded.
+        let store = self.durability.as_ref().map(|d| {
+            let id = d.next_queue_id();
+            if settings.durable && settings.exclusive_owner.is_none() {
                 let record = QueueRecord {
                     vhost: self.name.to_string(),
                     name: name.to_string(),
-                    id: d.next_queue_id(),
+                    id,
                     auto_delete: settings.auto_delete,
                     arguments: settings.arguments.clone(),
                 };
                 d.put(MetaKind::Queue, &record.key(), &record.value());
-                Some(QueueStore {
-                    store: d.store.clone(),
-                    id: record.id,
-                })
             }
-            _ => None,
-        };
+            QueueStore {
+                store: d.store.clone(),
+                id,
+            }
+        });
         let queue = Arc::new(Queue::new(
             name.clone(),
             Arc::clone(&self.name),
@@ -387,7 +393,9 @@ impl VHost {
             store
                 .store
                 .submit(vec![WriteOp::DropQueue { queue: store.id }], None);
-            d.delete(MetaKind::Queue, &name_key(&self.name, &queue.name));
+            if queue.is_durable() {
+                d.delete(MetaKind::Queue, &name_key(&self.name, &queue.name));
+            }
         }
         count
     }

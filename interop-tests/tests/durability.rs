@@ -672,3 +672,64 @@ async fn a_second_broker_on_a_locked_data_directory_exits_with_one_clear_message
         .await
         .unwrap();
 }
+
+/// Past half the memory watermark, transient messages are written to the store too, so a
+/// backlog far larger than the watermark fits without blocking publishers for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_messages_page_to_disk_under_memory_pressure() {
+    const WATERMARK: u64 = 64 << 20;
+    const MESSAGES: usize = 12_000;
+    const BODY: usize = 16 * 1024;
+    let broker = common::TestBroker::start_with(|c| c.memory_high_watermark = WATERMARK).await;
+    let (_c, ch) = broker.channel().await;
+    ch.queue_declare(
+        "backlog".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = std::collections::VecDeque::new();
+    for i in 0..MESSAGES {
+        let mut body = vec![0u8; BODY];
+        body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        confirms.push_back(
+            ch.basic_publish(
+                "".into(),
+                "backlog".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        while confirms.len() > 1000 {
+            let c = confirms.pop_front().unwrap();
+            assert!(within("confirm", c).await.unwrap().is_ack());
+        }
+    }
+    for c in confirms {
+        assert!(within("confirm", c).await.unwrap().is_ack());
+    }
+    let total = (MESSAGES * BODY) as u64;
+    assert!(total > 2 * WATERMARK);
+    within("bodies paged out below the watermark", async {
+        while broker.broker.as_ref().unwrap().memory_used() > WATERMARK {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(message_count(&ch, "backlog").await, MESSAGES as u32);
+    for i in 0..MESSAGES {
+        let m = get(&ch, "backlog").await.expect("message");
+        assert_eq!(
+            u64::from_be_bytes(m.delivery.data[..8].try_into().unwrap()),
+            i as u64
+        );
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}

@@ -16,6 +16,8 @@ use crate::{IndexEntry, MessageId, MetaKind, QueueId, Seq, StorageError, StoredM
 
 const MESSAGE_FORMAT: u8 = 1;
 const FLAG_DELIVERED: u8 = 1;
+/// The entry exists only to keep a transient message's body out of memory; dropped at open.
+const FLAG_TRANSIENT: u8 = 0b10;
 pub(crate) const INDEX_KEY_LEN: usize = 16;
 const INDEX_VALUE_LEN: usize = 17;
 
@@ -78,7 +80,8 @@ pub(crate) fn encode_index_value(entry: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
     let mut out = [0; INDEX_VALUE_LEN];
     out[..8].copy_from_slice(&entry.message_id.to_be_bytes());
     out[8..12].copy_from_slice(&entry.delivery_count.to_be_bytes());
-    out[12] = if entry.delivered { FLAG_DELIVERED } else { 0 };
+    out[12] =
+        (u8::from(entry.delivered) * FLAG_DELIVERED) | (u8::from(entry.transient) * FLAG_TRANSIENT);
     out[13..].copy_from_slice(&entry.size.to_be_bytes());
     out
 }
@@ -95,8 +98,16 @@ pub(crate) fn decode_index_value(seq: Seq, value: &[u8]) -> Result<IndexEntry, S
         message_id: be_u64(&value[..8])?,
         delivery_count: be_u32(&value[8..12])?,
         delivered: value[12] & FLAG_DELIVERED != 0,
+        transient: value[12] & FLAG_TRANSIENT != 0,
         size: be_u32(&value[13..])?,
     })
+}
+
+/// Whether an index value is a transient entry (written only to page a body out of memory).
+pub(crate) fn index_value_is_transient(value: &[u8]) -> bool {
+    value
+        .get(12)
+        .is_some_and(|flags| flags & FLAG_TRANSIENT != 0)
 }
 
 /// Just the message id of an index value (recovery and GC never need the rest).
@@ -196,6 +207,7 @@ mod tests {
             message_id: u64::MAX - 3,
             delivery_count: 4,
             delivered: true,
+            transient: true,
             size: 1234,
         };
         assert_eq!(

@@ -51,6 +51,9 @@ pub struct IndexEntry {
     pub delivery_count: u32,
     /// Delivered at least once (AMQP `redelivered` after a restart).
     pub delivered: bool,
+    /// Written only to page a transient message out of memory: such entries (and messages
+    /// only they reference) are dropped when the store is opened.
+    pub transient: bool,
     /// Body plus properties bytes, so a recovering queue knows its byte size without bodies.
     pub size: u32,
 }

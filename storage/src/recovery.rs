@@ -40,10 +40,21 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
 
     // Every message id the index references, sorted, with repeats.
     let mut referenced = Vec::new();
+    let mut transient = 0u64;
     for guard in ks.index.iter() {
         let (key, value) = guard.into_inner()?;
         codec::decode_index_key(&key)?;
-        referenced.push(codec::index_value_message_id(&value)?);
+        let id = codec::index_value_message_id(&value)?;
+        if codec::index_value_is_transient(&value) {
+            // Paged-out transient messages do not survive a restart.
+            batch.remove(&ks.index, key);
+            transient += 1;
+            continue;
+        }
+        referenced.push(id);
+    }
+    if transient > 0 {
+        tracing::info!(entries = transient, "dropped paged-out transient messages");
     }
     referenced.sort_unstable();
 

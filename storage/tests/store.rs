@@ -28,6 +28,7 @@ fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
         message_id,
         delivery_count: 0,
         delivered: false,
+        transient: false,
         size: 10,
     }
 }
@@ -224,6 +225,37 @@ fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
     );
     write(&store, vec![remove(2, 0, 1)]).unwrap();
     assert_eq!(store.read_message(1).unwrap(), None);
+}
+
+#[test]
+fn transient_entries_and_their_messages_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let paged = WriteOp::Enqueue {
+            queue: 1,
+            entry: IndexEntry {
+                transient: true,
+                ..entry(0, 1)
+            },
+        };
+        write(
+            &store,
+            vec![
+                put(1, "paged", 1),
+                paged,
+                put(2, "kept", 1),
+                enqueue(1, 1, 2),
+            ],
+        )
+        .unwrap();
+        assert_eq!(store.read_entries(1, 0, 10).unwrap().len(), 2);
+    }
+    let store = open(dir.path());
+    let left = store.read_entries(1, 0, 10).unwrap();
+    assert_eq!(seqs(&left), [1]);
+    assert_eq!(store.read_message(1).unwrap(), None);
+    assert!(store.read_message(2).unwrap().is_some());
 }
 
 #[test]
@@ -450,7 +482,7 @@ fn a_locked_directory_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
     let second = Store::open(dir.path(), StoreOptions::default());
-    let error = second.err().expect("second open must fail");
+    let error = second.expect_err("second open must fail");
     assert!(matches!(error, StorageError::Locked { .. }), "{error}");
     assert!(error.to_string().contains("locked"));
 }
@@ -478,8 +510,7 @@ fn a_damaged_directory_is_an_error_not_a_panic() {
     scribble(dir.path());
 
     let error = Store::open(dir.path(), StoreOptions::default())
-        .err()
-        .expect("a damaged store must not open");
+        .expect_err("a damaged store must not open");
     let text = error.to_string();
     assert!(!text.contains('\n'), "{text}");
     assert!(text.contains(&dir.path().display().to_string()), "{text}");

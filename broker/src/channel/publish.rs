@@ -11,6 +11,7 @@ use super::{Channel, ChannelContext};
 use crate::error::{ProtocolError, ProtocolResult, ReplyCode};
 use crate::exchange::Exchange;
 use crate::message::{Message, QueueEntry};
+use crate::queue::Queue;
 use std::collections::VecDeque;
 use warren_storage::WriteOp;
 
@@ -326,11 +327,12 @@ impl Channel {
             }
         } else {
             let persistent = message.properties.delivery_mode() == Some(2);
-            let durable_queues = if persistent {
-                self.route_out.iter().filter(|q| q.store.is_some()).count() as u32
-            } else {
-                0
-            };
+            // Under memory pressure every message is written, so queues can drop bodies
+            // from memory; only persistent ones in durable queues survive a restart.
+            let paging = ctx.vhost.memory().should_page();
+            let written =
+                |q: &Queue| q.store.is_some() && (paging || (persistent && q.is_durable()));
+            let durable_queues = self.route_out.iter().filter(|q| written(q)).count() as u32;
             let store_id = match ctx.batch.store() {
                 Some(store) if durable_queues > 0 => Some(store.next_message_id()),
                 _ => None,
@@ -352,7 +354,8 @@ impl Channel {
                     message: Arc::clone(&message),
                     redelivered: false,
                     delivery_count: 0,
-                    persisted: store_id.is_some() && queue.store.is_some(),
+                    persisted: store_id.is_some() && written(&queue),
+                    paged: !(persistent && queue.is_durable()),
                 };
                 if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
                     ctx.batch.push(WriteOp::Enqueue {

@@ -21,8 +21,7 @@ const SCAN_CHUNK: usize = 65_536;
 /// Rebuilds the default vhost from the store.
 pub fn recover(store: Store, memory: Arc<MemoryMonitor>) -> Result<Arc<VHost>, StorageError> {
     let started = Instant::now();
-    let queue_records: Vec<QueueRecord> =
-        decode_all(&store, MetaKind::Queue, |k, v| QueueRecord::decode(k, v))?;
+    let queue_records: Vec<QueueRecord> = decode_all(&store, MetaKind::Queue, QueueRecord::decode)?;
     let next_queue_id = queue_records.iter().map(|q| q.id).max().unwrap_or(0) + 1;
     let durability = Durability::new(store.clone(), next_queue_id);
     let vhost = Arc::new(VHost::new("/", memory.clone(), Some(durability.clone())));

@@ -121,8 +121,10 @@ impl Queue {
         }
     }
 
-    pub fn is_durable_store(&self) -> bool {
-        self.store.is_some()
+    /// Survives a restart: declared durable, and not exclusive (exclusive queues never
+    /// outlive their connection).
+    pub fn is_durable(&self) -> bool {
+        self.settings.durable && self.settings.exclusive_owner.is_none()
     }
 
     pub fn is_exclusive_to_other(&self, connection: ConnectionId) -> bool {

@@ -156,6 +156,7 @@ impl ReadyMessages {
                     redelivered: index.delivered,
                     delivery_count: index.delivery_count,
                     persisted: true,
+                    paged: index.transient,
                 };
                 let size = entry.message.size();
                 added += size;
@@ -177,6 +178,20 @@ impl ReadyMessages {
     pub fn page_out(&mut self) -> u64 {
         if self.tail.len() <= TAIL_MAX && self.tail_bytes <= TAIL_MAX_BYTES {
             return 0;
+        }
+        if self.disk.is_none() {
+            // Messages admitted before memory pressure began were never written; they lead
+            // the tail and would block the fold, so they join the head instead (order holds:
+            // nothing lies between head and tail).
+            while self.tail.front().is_some_and(|e| !e.persisted) {
+                let Some(entry) = self.tail.pop_front() else {
+                    break;
+                };
+                let size = entry.message.size();
+                self.tail_bytes = self.tail_bytes.saturating_sub(size);
+                self.head_bytes += size;
+                self.head.push_back(entry);
+            }
         }
         let mut released = 0;
         while self.tail.len() > TAIL_MAX / 2 || self.tail_bytes > TAIL_MAX_BYTES / 2 {

@@ -305,18 +305,16 @@ impl RawClient {
     /// Reads a delivery (basic.deliver, header, body) and returns the header's raw property
     /// bytes and the body.
     pub async fn read_delivery(&mut self) -> (Vec<u8>, Vec<u8>) {
-        loop {
-            match self.read_frame().await {
-                Some(Frame::Method {
-                    method: Method::Deliver(_),
-                    ..
-                }) => break,
-                Some(Frame::Method { method, .. }) => {
-                    panic!("expected basic.deliver, got {method:?}")
-                }
-                Some(other) => panic!("expected basic.deliver, got {other:?}"),
-                None => panic!("broker closed the socket while a delivery was expected"),
+        match self.read_frame().await {
+            Some(Frame::Method {
+                method: Method::Deliver(_),
+                ..
+            }) => {}
+            Some(Frame::Method { method, .. }) => {
+                panic!("expected basic.deliver, got {method:?}")
             }
+            Some(other) => panic!("expected basic.deliver, got {other:?}"),
+            None => panic!("broker closed the socket while a delivery was expected"),
         }
         let header = match self.read_frame().await {
             Some(Frame::Header { header, .. }) => header,
