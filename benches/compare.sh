@@ -5,7 +5,10 @@
 # a Warren broker on spare loopback ports with their own data directories, runs every scenario
 # against both in alternation, prints a Markdown table, and stops both brokers on exit.
 #
-# Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...] [--rabbit-only]
+# Usage: benches/compare.sh [--duration SECONDS] [--rounds N] [--scenarios a,b,...]
+#          [--backlog MESSAGES] [--rabbit-only]
+# Scenarios: throughput throughput-persistent throughput-persistent-quorum latency
+#   latency-persistent backlog (the default set), throughput-noack throughput-4x4 throughput-1k.
 # Environment: RABBIT_PORT (5682), WARREN_PORT (5692), RABBIT_DIST_PORT (25682), KEEP_WORK=1,
 #   QUIET_WAIT (10): seconds to wait before each run for the machine to be under 25% busy,
 #   WARREN_BIN: a prebuilt warren binary to use instead of building target/release/warren.
@@ -19,7 +22,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=10
 WARMUP=1
 ROUNDS=2
-SCENARIOS="throughput,throughput-persistent,latency,latency-persistent"
+SCENARIOS="throughput,throughput-persistent,throughput-persistent-quorum,latency,latency-persistent,backlog"
+BACKLOG=1000000
 RABBIT_ONLY=0
 RABBIT_PORT=${RABBIT_PORT:-5682}
 RABBIT_DIST_PORT=${RABBIT_DIST_PORT:-25682}
@@ -30,22 +34,33 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --scenarios) SCENARIOS=$2; shift 2 ;;
+        --backlog) BACKLOG=$2; shift 2 ;;
         --rabbit-only) RABBIT_ONLY=1; shift ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 
-# Arguments of warren-load for each scenario.
+# Arguments of warren-load for scenario $1 against broker $2 (warren or rabbitmq).
 scenario_args() {
     case "$1" in
         throughput) echo "--scenario throughput" ;;
         throughput-persistent) echo "--scenario throughput --persistent --confirm 1000" ;;
+        # RabbitMQ's replicated queue type (one node here: its Raft log is fsynced before a
+        # confirm); Warren runs its ordinary durable queue.
+        throughput-persistent-quorum)
+            if [ "${2:-}" = rabbitmq ]; then
+                echo "--scenario throughput --persistent --confirm 1000 --queue-type quorum"
+            else
+                echo "--scenario throughput --persistent --confirm 1000"
+            fi ;;
         throughput-noack) echo "--scenario throughput --no-ack" ;;
         throughput-4x4) echo "--scenario throughput --publishers 4 --consumers 4 --queues 4" ;;
         throughput-1k) echo "--scenario throughput --size 1024" ;;
         latency) echo "--scenario latency --rate 5000" ;;
         latency-persistent) echo "--scenario latency --rate 5000 --persistent --confirm 1000" ;;
+        # Not a warren-load scenario: fill, restart, drain (run_backlog).
+        backlog) echo "" ;;
         *) echo "unknown scenario: $1" >&2; return 1 ;;
     esac
 }
@@ -144,6 +159,15 @@ rabbit_env() {
         "$@"
 }
 
+# Starts the node in the background (data in $WORK/rabbit, kept across restarts); sets
+# RABBIT_LAUNCHER. The node writes its beam pid to $WORK/rabbit/pid once it runs.
+launch_rabbitmq() {
+    local d="$WORK/rabbit"
+    rm -f "$d/pid"
+    rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >>"$d/stdout" 2>&1 &
+    RABBIT_LAUNCHER=$!
+}
+
 start_rabbitmq() {
     local d="$WORK/rabbit"
     mkdir -p "$d/log" "$d/mnesia"
@@ -151,23 +175,26 @@ start_rabbitmq() {
     printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RABBIT_PORT" >"$d/rabbitmq.conf"
     port_open "$RABBIT_PORT" && { log "port $RABBIT_PORT is taken"; exit 1; }
     log "starting RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null) on 127.0.0.1:$RABBIT_PORT"
-    rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/stdout" 2>&1 &
-    local launcher=$!
-    wait_port "$RABBIT_PORT" "$launcher" rabbitmq || { tail -20 "$d/stdout" >&2; exit 1; }
+    launch_rabbitmq
+    wait_port "$RABBIT_PORT" "$RABBIT_LAUNCHER" rabbitmq || { tail -20 "$d/stdout" >&2; exit 1; }
     RABBIT_PID=$(cat "$d/pid")
     log "RabbitMQ is up (beam pid $RABBIT_PID)"
 }
 
 # --- Warren ----------------------------------------------------------------------------------
 
+# Starts Warren in the background on its data directory (kept across restarts).
+launch_warren() {
+    WARREN_LOG=warn "${WARREN_BIN:-$ROOT/target/release/warren}" --listen "127.0.0.1:$WARREN_PORT" \
+        --data-dir "$WORK/warren-data" >>"$WORK/warren.log" 2>&1 &
+    WARREN_PID=$!
+}
+
 start_warren() {
-    local bin=${WARREN_BIN:-$ROOT/target/release/warren}
     port_open "$WARREN_PORT" && { log "port $WARREN_PORT is taken"; return 1; }
     mkdir -p "$WORK/warren-data"
     log "starting Warren on 127.0.0.1:$WARREN_PORT"
-    WARREN_LOG=warn "$bin" --listen "127.0.0.1:$WARREN_PORT" --data-dir "$WORK/warren-data" \
-        >"$WORK/warren.log" 2>&1 &
-    WARREN_PID=$!
+    launch_warren
     wait_port "$WARREN_PORT" "$WARREN_PID" warren || { tail -20 "$WORK/warren.log" >&2; WARREN_PID=""; return 1; }
     log "Warren is up (pid $WARREN_PID)"
 }
@@ -207,20 +234,138 @@ run_one() {
         log "$broker is not running: skipping $scenario"
         return 0
     fi
+    if [ "$scenario" = backlog ]; then
+        run_backlog "$broker" "$round"
+        return 0
+    fi
     wait_quiet
     log "round $round: $scenario on $broker"
+    # Persistent runs: count the broker's fsync-family syscalls over the measured window.
+    local sync_job="" sync_out="$WORK/syncs.$broker"
+    if [[ $scenario == *persistent* ]] && [ "$HAVE_PERF" = 1 ]; then
+        rm -f "$sync_out"
+        count_syncs "$pid" "$sync_out" &
+        sync_job=$!
+    fi
     # shellcheck disable=SC2046
     if out=$(timeout $((${DURATION%.*} + ${WARMUP%.*} + 60)) "$LOAD" --addr "127.0.0.1:$port" \
         --duration "$DURATION" --warmup "$WARMUP" --broker-pid "$pid" --label "$broker" \
-        $(scenario_args "$scenario") 2>&1); then
+        $(scenario_args "$scenario" "$broker") 2>&1); then
         :
     else
         log "$scenario on $broker failed (see $LOG)"
     fi
+    if [ -n "$sync_job" ]; then
+        wait "$sync_job" || true
+        out="$out$(sync_result "$sync_out" "$out")"
+    fi
+    record "$broker" "$scenario" "$round" "$out"
+}
+
+# record BROKER SCENARIO ROUND OUTPUT: logs the output and appends its RESULT values.
+record() {
+    local broker=$1 scenario=$2 round=$3 out=$4
     printf '### %s %s round %s\n%s\n\n' "$broker" "$scenario" "$round" "$out" >>"$LOG"
     echo "$out" | grep '^RESULT ' | tr ' ' '\n' | grep '=' | while IFS='=' read -r k v; do
         echo "$broker $scenario $k $v"
     done >>"$RESULTS" || true
+}
+
+# --- fsyncs ----------------------------------------------------------------------------------
+# perf counts the syscalls:sys_enter_* tracepoints of every thread of the broker in the kernel:
+# each fsync/fdatasync/sync_file_range/syncfs call the broker makes, at no cost to it (strace
+# would stop the broker at every syscall). It runs for the measured window: it starts after
+# the warm-up and lasts --duration, give or take the milliseconds perf needs to attach.
+
+SYNC_EVENTS="syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync,syscalls:sys_enter_sync_file_range,syscalls:sys_enter_syncfs"
+HAVE_PERF=0
+if command -v perf >/dev/null 2>&1 && perf stat -x, -e "$SYNC_EVENTS" -- true >/dev/null 2>&1; then
+    HAVE_PERF=1
+fi
+
+count_syncs() {
+    local pid=$1 out=$2
+    sleep "$WARMUP"
+    perf stat -x, -o "$out" -e "$SYNC_EVENTS" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1
+}
+
+# sync_result FILE RUN-OUTPUT: a line for the run's output with fsyncs/s and messages confirmed
+# (or, without confirms, published) per fsync, as "RESULT" keys.
+sync_result() {
+    local file=$1 out=$2 syncs per_s msgs
+    [ -s "$file" ] || { printf '\nfsyncs: perf gave no counts'; return 0; }
+    syncs=$(awk -F, '/syscalls:/ { n += $1 } END { print n + 0 }' "$file")
+    per_s=$(awk -v n="$syncs" -v d="$DURATION" 'BEGIN { printf "%.1f", n / d }')
+    msgs=$(echo "$out" | grep '^RESULT ' | tr ' ' '\n' | awk -F= '
+        $1 == "confirmed_per_s" { c = $2 } $1 == "published_per_s" { p = $2 }
+        END { print (c > 0 ? c : p) + 0 }')
+    printf '\nfsyncs:    %s in %s s (%s/s; %s)\nRESULT fsyncs_per_s=%s msgs_per_fsync=%s' \
+        "$syncs" "$DURATION" "$per_s" "$(tr '\n' ' ' <"$file" | sed 's/  */ /g')" "$per_s" \
+        "$(awk -v m="$msgs" -v f="$per_s" 'BEGIN { if (f > 0) printf "%.1f", m / f; else print -1 }')"
+}
+
+# --- Backlog ---------------------------------------------------------------------------------
+
+BACKLOG_QUEUE=warren-backlog
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo -1; }
+
+# True once a process has exited (a zombie child of this shell counts as exited).
+proc_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+now_ns() { date +%s%N; }
+ms_between() { echo $((($2 - $1) / 1000000)); }
+
+# run_backlog BROKER ROUND: fill a durable queue with $BACKLOG persistent 100-byte messages
+# (confirms, no consumer), read the broker's RSS after it sat for 5 s, stop it with SIGTERM,
+# start it again and time the first successful handshake, read RSS again, drain the queue.
+run_backlog() {
+    local broker=$1 round=$2 port pid out all t0 t1 stop_ms
+    if [ "$broker" = warren ]; then port=$WARREN_PORT pid=$WARREN_PID; else port=$RABBIT_PORT pid=$RABBIT_PID; fi
+    local common=(--addr "127.0.0.1:$port" --label "$broker" --queue-name "$BACKLOG_QUEUE")
+    wait_quiet
+    log "round $round: backlog of $BACKLOG on $broker: fill"
+    out=$(timeout 1800 "$LOAD" "${common[@]}" --scenario fill --count "$BACKLOG" --size 100 \
+        --persistent --confirm 1000 --broker-pid "$pid" --timeout 1700 2>&1) \
+        || { log "backlog fill on $broker failed (see $LOG)"; record "$broker" backlog "$round" "$out"; return 0; }
+    all=$out
+    sleep 5
+    all="$all
+RESULT rss_sit_mib=$(($(rss_kib "$pid") / 1024))"
+
+    log "round $round: backlog on $broker: restart"
+    t0=$(now_ns)
+    kill -TERM "$pid"
+    for _ in $(seq 1 3000); do proc_gone "$pid" && break; sleep 0.1; done
+    t1=$(now_ns)
+    if ! proc_gone "$pid"; then
+        log "$broker did not stop within 300 s of SIGTERM: killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    wait "$pid" 2>/dev/null || true
+    stop_ms=$(ms_between "$t0" "$t1")
+    t0=$(now_ns)
+    if [ "$broker" = warren ]; then launch_warren; else launch_rabbitmq; fi
+    out=$(timeout 900 "$LOAD" "${common[@]}" --scenario ready --since-ns "$t0" --timeout 850 2>&1) \
+        || log "$broker did not answer after the restart (see $LOG)"
+    if [ "$broker" = warren ]; then
+        pid=$WARREN_PID
+    else
+        for _ in $(seq 1 100); do [ -s "$WORK/rabbit/pid" ] && break; sleep 0.1; done
+        RABBIT_PID=$(cat "$WORK/rabbit/pid" 2>/dev/null || echo "")
+        pid=$RABBIT_PID
+    fi
+    all="$all
+stopped ${stop_ms} ms after SIGTERM
+$out
+RESULT stop_ms=$stop_ms rss_restart_mib=$(($(rss_kib "$pid") / 1024))"
+
+    log "round $round: backlog on $broker: drain"
+    out=$(timeout 1800 "$LOAD" "${common[@]}" --scenario drain --broker-pid "$pid" --timeout 1700 2>&1) \
+        || log "backlog drain on $broker failed (see $LOG)"
+    record "$broker" backlog "$round" "$all
+$out"
 }
 
 install_rabbitmq
@@ -288,6 +433,19 @@ awk -v scenarios="$SCENARIOS" '
         ns = split(scenarios, list, ",")
         for (i = 1; i <= ns; i++) {
             s = list[i]
+            if (s == "backlog") {
+                row(s, "fill: publish+confirm msg/s, no consumer", "fill_per_s", 0)
+                row(s, "fill: broker CPU µs/msg", "fill_broker_us_per_msg", 2)
+                row(s, "RSS with the backlog, MiB (5 s after the fill)", "rss_sit_mib", 0)
+                row(s, "stop: SIGTERM to exit, ms", "stop_ms", 0)
+                row(s, "start: launch to AMQP handshake, ms", "start_ms", 0)
+                row(s, "start: launch to queue.declare-ok (passive), ms", "queue_ms", 0)
+                row(s, "messages recovered", "recovered", 0)
+                row(s, "RSS after the restart, MiB", "rss_restart_mib", 0)
+                row(s, "drain: consume+ack msg/s", "drain_per_s", 0)
+                row(s, "drain: broker CPU µs/msg", "drain_broker_us_per_msg", 2)
+                continue
+            }
             if (s ~ /^throughput/) {
                 row(s, "published msg/s", "published_per_s", 0)
                 row(s, "consumed msg/s", "consumed_per_s", 0)
@@ -302,7 +460,11 @@ awk -v scenarios="$SCENARIOS" '
             }
             row(s, "broker CPU µs/msg", "broker_us_per_msg", 2)
             row(s, "broker CPU, % of a core", "broker_cpu_pct", 0)
-            if (s ~ /persistent/) row(s, "broker disk writes, bytes/msg", "broker_disk_bytes_per_msg", 0)
+            if (s ~ /persistent/) {
+                row(s, "broker disk writes, bytes/msg", "broker_disk_bytes_per_msg", 0)
+                row(s, "broker fsyncs/s", "fsyncs_per_s", 0)
+                row(s, "messages per fsync", "msgs_per_fsync", 1)
+            }
             row(s, "generator CPU µs/msg", "gen_us_per_msg", 2)
             row(s, "generator busiest thread, % of a core", "gen_top_thread_pct", 0)
             row(s, "other processes, % of a core", "others_cpu_pct", 0)
@@ -310,7 +472,14 @@ awk -v scenarios="$SCENARIOS" '
     }' "$RESULTS"
 echo
 echo "Mean over rounds, ± half the spread between rounds. Warren/RabbitMQ above 1 is better for"
-echo "msg/s, below 1 is better for latency and CPU."
+echo "msg/s, below 1 is better for latency, CPU, memory and time."
+case ",$SCENARIOS," in *,throughput-persistent-quorum,*)
+    echo "throughput-persistent-quorum: RabbitMQ with a quorum queue, Warren with its ordinary durable queue." ;;
+esac
+case ",$SCENARIOS," in *,backlog,*)
+    echo "backlog: $BACKLOG persistent 100-byte messages in one durable (RabbitMQ: classic) queue." ;;
+esac
+[ "$HAVE_PERF" = 1 ] || echo "fsyncs: perf is not installed (Debian: linux-perf), so they were not counted."
 echo
 echo "Runs took ${ELAPSED} s. Full output of every run:"
 echo

@@ -283,18 +283,39 @@ impl Connection {
         self.rpc_on(CHANNEL, class)
     }
 
-    pub fn declare_queue(&mut self, name: &str, durable: bool) -> Result<()> {
+    /// Declares a queue with `arguments` (`x-queue-type` and the like).
+    pub fn declare_queue(
+        &mut self,
+        name: &str,
+        durable: bool,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        self.declare(name, false, durable, arguments).map(|_| ())
+    }
+
+    /// `queue.declare(passive)`: how many ready messages an existing queue holds.
+    pub fn queue_message_count(&mut self, name: &str) -> Result<u32> {
+        self.declare(name, true, false, &FieldTable::default())
+    }
+
+    fn declare(
+        &mut self,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        arguments: &FieldTable,
+    ) -> Result<u32> {
         let declare = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
             queue: name.into(),
-            passive: false,
+            passive,
             durable,
             exclusive: false,
             auto_delete: false,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments: arguments.clone(),
         }));
         match self.rpc(&declare)? {
-            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)) => Ok(()),
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
             other => Err(unexpected("queue.declare-ok", &other)),
         }
     }

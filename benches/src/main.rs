@@ -8,7 +8,11 @@
 //! A run: declare queues, start consumers, start publishers, warm up, measure for
 //! `--duration`, stop publishers, stop consumers, delete the queues, print the report and one
 //! `RESULT key=value ...` line for scripts.
+//!
+//! The backlog scenarios (`fill`, `ready`, `drain`) are steps that `compare.sh` strings
+//! together around a broker restart; they live in `backlog.rs`.
 
+mod backlog;
 mod client;
 mod consumer;
 mod measure;
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use amqp_codec::{AMQPValue, FieldTable, LongString};
 use clap::{Parser, ValueEnum};
 
 use client::{ClientError, Connection, Endpoint};
@@ -36,6 +41,14 @@ enum Scenario {
     Throughput,
     /// Publish at a fixed rate (`--rate`); report end-to-end latency percentiles.
     Latency,
+    /// Backlog step 1: publish `--count` messages (with `--confirm`) to `--queue-name` with no
+    /// consumer, wait for every confirm, and leave the queue in place.
+    Fill,
+    /// Backlog step 2: retry connecting until a TCP connection and the AMQP handshake succeed
+    /// (the broker is starting), then passively declare `--queue-name` and report its count.
+    Ready,
+    /// Backlog step 3: consume `--queue-name` with acks until it is empty, then delete it.
+    Drain,
 }
 
 #[derive(Debug, Parser)]
@@ -101,6 +114,80 @@ struct Args {
     /// Name of the broker in the RESULT line.
     #[arg(long, default_value = "broker")]
     label: String,
+    /// Declare queues with `x-queue-type` set to this (`classic`, `quorum`). Quorum queues are
+    /// always durable.
+    #[arg(long)]
+    queue_type: Option<String>,
+    /// Another queue argument, `KEY=VALUE` (an integer VALUE is sent as a long-long, anything
+    /// else as a long string); may be repeated.
+    #[arg(long = "queue-arg", value_parser = parse_queue_arg)]
+    queue_args: Vec<(String, AMQPValue)>,
+    /// Queue name instead of `warren-load-<pid>-<i>` (required by fill, ready and drain).
+    #[arg(long)]
+    queue_name: Option<String>,
+    /// fill: how many messages to publish.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// ready: when the broker was started, in ns since the UNIX epoch (`date +%s%N`); the
+    /// report gives the time from then to a successful handshake.
+    #[arg(long)]
+    since_ns: Option<u128>,
+    /// fill, ready, drain: give up after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    timeout: f64,
+}
+
+fn parse_queue_arg(s: &str) -> Result<(String, AMQPValue), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--queue-arg wants KEY=VALUE, got {s:?}"))?;
+    let value = match v.parse::<i64>() {
+        Ok(n) => AMQPValue::LongLongInt(n),
+        Err(_) => AMQPValue::LongString(LongString::from(v)),
+    };
+    Ok((k.to_string(), value))
+}
+
+impl Args {
+    /// The `queue.declare` arguments from `--queue-type` and `--queue-arg`.
+    fn queue_arguments(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        if let Some(t) = &self.queue_type {
+            table.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from(t.as_str())),
+            );
+        }
+        for (k, v) in &self.queue_args {
+            table.insert(k.as_str().into(), v.clone());
+        }
+        table
+    }
+
+    /// Quorum queues exist only durable; everything else follows `--persistent`.
+    fn durable_queues(&self) -> bool {
+        self.persistent || self.queue_type.as_deref() == Some("quorum")
+    }
+
+    fn queue_names(&self) -> Vec<String> {
+        let base = self
+            .queue_name
+            .clone()
+            .unwrap_or_else(|| format!("warren-load-{}", std::process::id()));
+        if self.queues == 1 && self.queue_name.is_some() {
+            return vec![base];
+        }
+        (0..self.queues).map(|i| format!("{base}-{i}")).collect()
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            vhost: self.vhost.clone(),
+        }
+    }
 }
 
 /// Counters and flags shared by the coordinator and every connection thread.
@@ -188,8 +275,18 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.ack_every == 0 {
         return Err("--ack-every must be at least 1".into());
     }
-    if !(args.duration > 0.0 && args.warmup >= 0.0) {
-        return Err("--duration must be positive and --warmup not negative".into());
+    if !(args.duration > 0.0 && args.warmup >= 0.0 && args.timeout > 0.0) {
+        return Err("--duration and --timeout must be positive and --warmup not negative".into());
+    }
+    let backlog_step = matches!(
+        args.scenario,
+        Scenario::Fill | Scenario::Ready | Scenario::Drain
+    );
+    if backlog_step && args.queue_name.is_none() {
+        return Err("fill, ready and drain need --queue-name".into());
+    }
+    if args.scenario == Scenario::Fill && (args.count == 0 || args.confirm == 0) {
+        return Err("fill needs --count and --confirm of at least 1".into());
     }
     Ok(())
 }
@@ -197,23 +294,23 @@ fn validate(args: &Args) -> Result<(), String> {
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     validate(args)?;
     let rate = args.rate.unwrap_or(match args.scenario {
-        Scenario::Throughput => 0.0,
         Scenario::Latency => 5000.0,
+        _ => 0.0,
     });
-    let ep = Endpoint {
-        addr: args.addr,
-        user: args.user.clone(),
-        password: args.password.clone(),
-        vhost: args.vhost.clone(),
-    };
+    match args.scenario {
+        Scenario::Fill => return backlog::fill(args),
+        Scenario::Ready => return backlog::ready(args),
+        Scenario::Drain => return backlog::drain(args),
+        Scenario::Throughput | Scenario::Latency => {}
+    }
+    let ep = args.endpoint();
     let shared = Arc::new(Shared::new());
-    let queues: Vec<String> = (0..args.queues)
-        .map(|i| format!("warren-load-{}-{i}", std::process::id()))
-        .collect();
+    let queues = args.queue_names();
 
     let mut control = Connection::open(&ep, "warren-load control")?;
+    let arguments = args.queue_arguments();
     for q in &queues {
-        control.declare_queue(q, args.persistent)?;
+        control.declare_queue(q, args.durable_queues(), &arguments)?;
     }
 
     let mut consumers = Vec::new();
@@ -239,6 +336,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             confirm_window: args.confirm,
             rate: rate / args.publishers as f64,
             batch: args.batch,
+            limit: 0,
         };
         publishers.push(Publisher::start(conn, cfg, shared.clone())?);
     }
@@ -303,7 +401,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Sleeps for `d`, waking early if a connection thread failed.
-fn wait(shared: &Shared, d: Duration) {
+pub(crate) fn wait(shared: &Shared, d: Duration) {
     let until = Instant::now() + d;
     while !shared.failed.load(Ordering::Relaxed) {
         let left = until.saturating_duration_since(Instant::now());

@@ -34,6 +34,9 @@ pub struct PublisherConfig {
     pub rate: f64,
     /// At most this many messages per socket write.
     pub batch: usize,
+    /// Publish this many messages in all, then wait for their confirms and close; 0 = until
+    /// told to stop.
+    pub limit: u64,
 }
 
 /// Confirm bookkeeping shared by the writer and reader threads of one publisher.
@@ -134,6 +137,12 @@ fn write_loop(
 
     while !shared.stopping_publishers() {
         let mut n = cfg.batch as u64;
+        if cfg.limit > 0 {
+            if sent >= cfg.limit {
+                break;
+            }
+            n = n.min(cfg.limit - sent);
+        }
         if cfg.rate > 0.0 {
             let due = (start.elapsed().as_secs_f64() * cfg.rate) as u64;
             if due <= sent {
@@ -173,9 +182,11 @@ fn write_loop(
         shared.published.fetch_add(n, Ordering::Relaxed);
     }
 
-    // Give outstanding confirms a bounded time to arrive, then close the connection.
+    // Give outstanding confirms a bounded time to arrive, then close the connection. A run
+    // with a message limit is about every message being confirmed: wait longer.
     if cfg.confirm_window > 0 {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let wait = Duration::from_secs(if cfg.limit > 0 { 60 } else { 5 });
+        let deadline = Instant::now() + wait;
         while confirms.settled.load(Ordering::Acquire) < sent && Instant::now() < deadline {
             thread::park_timeout(Duration::from_millis(10));
         }

@@ -102,6 +102,7 @@ pub fn report(
         match args.scenario {
             Scenario::Throughput => "throughput",
             Scenario::Latency => "latency",
+            Scenario::Fill | Scenario::Ready | Scenario::Drain => "backlog",
         },
         args.label,
         args.addr
