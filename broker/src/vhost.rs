@@ -19,7 +19,7 @@ use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::{Destination, Exchange, ExchangeKind, ExchangeSettings};
 use crate::memory::MemoryMonitor;
 use crate::names::{ExchangeName, QueueName, generated_suffix};
-use crate::queue::{ConnectionId, Queue, QueueCounts, QueueSettings, QueueStore};
+use crate::queue::{ConnectionId, Queue, QueueCounts, QueueDefaults, QueueSettings, QueueStore};
 
 pub struct VHost {
     pub name: Arc<str>,
@@ -28,6 +28,7 @@ pub struct VHost {
     memory: Arc<MemoryMonitor>,
     /// Where durable topology and messages go; `None` only in unit tests.
     durability: Option<Arc<Durability>>,
+    queue_defaults: QueueDefaults,
     topology: Mutex<()>,
 }
 
@@ -43,6 +44,7 @@ impl VHost {
         name: &str,
         memory: Arc<MemoryMonitor>,
         durability: Option<Arc<Durability>>,
+        queue_defaults: QueueDefaults,
     ) -> Self {
         let vhost = Self {
             name: Arc::from(name),
@@ -50,6 +52,7 @@ impl VHost {
             queues: DashMap::new(),
             memory,
             durability,
+            queue_defaults,
             topology: Mutex::new(()),
         };
         for (name, kind) in [
@@ -84,6 +87,10 @@ impl VHost {
 
     pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
         self.exchanges.get(name).map(|e| Arc::clone(e.value()))
+    }
+
+    pub fn queue_defaults(&self) -> &QueueDefaults {
+        &self.queue_defaults
     }
 
     pub fn memory(&self) -> &MemoryMonitor {
@@ -293,12 +300,14 @@ impl VHost {
         let _topology = self.lock_topology();
         if passive {
             let queue = self.existing_queue(name, conn)?;
+            queue.touch();
             let counts = queue.counts();
             return Ok((queue, counts));
         }
         if let Some(existing) = self.queue(name) {
             existing.check_access(conn)?;
             check_queue_equivalence(&existing, &settings)?;
+            existing.touch();
             let counts = existing.counts();
             return Ok((existing, counts));
         }

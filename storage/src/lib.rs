@@ -56,6 +56,8 @@ pub struct IndexEntry {
     pub transient: bool,
     /// Body plus properties bytes, so a recovering queue knows its byte size without bodies.
     pub size: u32,
+    /// When the message expires (TTL), in Unix milliseconds; 0 = never.
+    pub expires_at: u64,
 }
 
 /// A change submitted to the writer; see [`Store::submit`].
