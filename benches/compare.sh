@@ -115,12 +115,12 @@ install_rabbitmq() {
         chmod +x /usr/sbin/policy-rc.d
         policy_added=1
     fi
-    apt-get update -qq
+    apt-get update -qq || true
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >"$WORK/apt.log" 2>&1 \
         || { tail -20 "$WORK/apt.log" >&2; [ $policy_added = 1 ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
     [ $policy_added = 1 ] && rm -f /usr/sbin/policy-rc.d
     # If a default instance came up anyway (systemd), stop it: it would hold 5672 and epmd.
-    if port_open 5672 && pgrep -f 'beam.*-sname rabbit@' >/dev/null; then
+    if ss -ltnp 'sport = :5672' 2>/dev/null | grep -q beam; then
         log "stopping the package's default RabbitMQ instance"
         service rabbitmq-server stop >/dev/null 2>&1 || systemctl stop rabbitmq-server >/dev/null 2>&1 || true
     fi
