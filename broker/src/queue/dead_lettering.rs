@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use warren_storage::WriteOp;
 
-use super::dead_letter::{Death, dead_letter_properties, is_cycle};
+use super::dead_letter::{Death, dead_letter_properties, death_routing_keys, is_cycle};
 use super::{DeadLetter, Queue};
 use crate::durable::StoreBatch;
 use crate::enqueue::enqueue_routed;
@@ -52,13 +52,16 @@ pub fn dead_letter(
             .as_deref()
             .map(|k| Bytes::copy_from_slice(k.as_bytes()))
             .unwrap_or_else(|| message.routing_key.clone());
+        // The recorded routing keys include CC keys, as RabbitMQ records them.
+        let death_keys = death_routing_keys(&message.routing_key, &message.properties);
+        let death_keys: Vec<&[u8]> = death_keys.iter().map(Vec::as_slice).collect();
         let properties = dead_letter_properties(
             &message.properties,
             &Death {
                 queue: &source.name,
                 reason: letter.reason,
                 exchange: &message.exchange,
-                routing_keys: &[&message.routing_key],
+                routing_keys: &death_keys,
                 time_secs,
             },
         );
