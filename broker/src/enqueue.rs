@@ -29,9 +29,9 @@ pub fn enqueue_routed(
     paging: bool,
 ) -> Enqueued {
     let mut outcome = Enqueued::default();
-    let size = message.size();
+    let body_size = message.body.len() as u64;
     queues.retain(|queue| {
-        let admitted = queue.admit(size);
+        let admitted = queue.admit(body_size);
         if !admitted {
             outcome.refused.push(Arc::clone(queue));
         }

@@ -118,7 +118,7 @@ impl QueueEntry {
             delivery_count: self.delivery_count,
             delivered: self.redelivered,
             transient: self.paged,
-            size: self.message.size() as u32,
+            size: self.message.body.len() as u32,
             expires_at: self.expires_at,
         })
     }

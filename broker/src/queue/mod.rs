@@ -190,17 +190,22 @@ impl Queue {
         }
         let pageable = self.store.is_some();
         let admitted = self.settings.policy.arguments.overflow != Overflow::DropHead;
+        let mut fresh_from = u64::MAX;
         for entry in entries {
             let size = entry.message.size();
             if admitted {
                 st.admitted.0 = st.admitted.0.saturating_sub(1);
-                st.admitted.1 = st.admitted.1.saturating_sub(size);
+                st.admitted.1 = st
+                    .admitted
+                    .1
+                    .saturating_sub(entry.message.body.len() as u64);
             }
+            fresh_from = fresh_from.min(entry.seq);
             self.memory.add(size);
             st.ready.push(entry, pageable);
         }
         self.drop_head_over_limit(&mut st);
-        self.dispatch(&mut st);
+        self.dispatch_from(&mut st, fresh_from);
         self.expire_head(&mut st, now_ms());
         if pageable {
             let released = st.ready.page_out();
@@ -211,7 +216,7 @@ impl Queue {
 
     /// Under `x-overflow: reject-publish(-dlx)`, reserves room for one more message of
     /// `size` bytes; false when the queue is full and the publish must be refused.
-    pub fn admit(&self, size: u64) -> bool {
+    pub fn admit(&self, body_size: u64) -> bool {
         let args = &self.settings.policy.arguments;
         if args.overflow == Overflow::DropHead
             || (args.max_length.is_none() && args.max_length_bytes.is_none())
@@ -222,12 +227,14 @@ impl Queue {
         let len = st.ready.len() + st.admitted.0;
         let bytes = st.ready.bytes() + st.admitted.1;
         if args.max_length.is_some_and(|max| len >= max)
-            || args.max_length_bytes.is_some_and(|max| bytes + size > max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| bytes + body_size > max)
         {
             return false;
         }
         st.admitted.0 += 1;
-        st.admitted.1 += size;
+        st.admitted.1 += body_size;
         true
     }
 
@@ -481,6 +488,13 @@ impl Queue {
     }
 
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        self.dispatch_from(st, u64::MAX);
+    }
+
+    /// Hands ready messages to consumers with credit. Messages at or after `fresh_from` have
+    /// only just entered the queue: their TTL starts now, so even a TTL of 0 lets them go to a
+    /// consumer that can take them at once (RabbitMQ's rule); they expire afterwards.
+    fn dispatch_from(self: &Arc<Self>, st: &mut QueueState, fresh_from: u64) {
         let single_active = self.settings.policy.arguments.single_active_consumer;
         let mut now = None;
         while !st.ready.is_empty() && !st.consumers.is_empty() {
@@ -488,7 +502,10 @@ impl Queue {
                 break;
             };
             self.memory.add(paged_in);
-            if entry.expires_at != 0 && entry.expires_at <= *now.get_or_insert_with(now_ms) {
+            if entry.expires_at != 0
+                && entry.seq < fresh_from
+                && entry.expires_at <= *now.get_or_insert_with(now_ms)
+            {
                 self.memory.release(entry.message.size());
                 st.dead.push(DeadLetter {
                     entry,

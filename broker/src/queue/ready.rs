@@ -54,6 +54,9 @@ pub struct ReadyMessages {
     levels: Vec<VecDeque<QueueEntry>>,
     levels_len: u64,
     levels_bytes: u64,
+    /// Body bytes of every ready message, on disk included: what `x-max-length-bytes` counts
+    /// (RabbitMQ counts bodies only).
+    body_bytes: u64,
 }
 
 impl ReadyMessages {
@@ -64,6 +67,7 @@ impl ReadyMessages {
             .map(|max| (0..=max).map(|_| VecDeque::new()).collect())
             .unwrap_or_default();
         Self {
+            body_bytes: disk.map_or(0, |d| d.bytes),
             disk,
             levels,
             ..Self::default()
@@ -81,9 +85,9 @@ impl ReadyMessages {
             + self.levels_len
     }
 
-    /// Bytes of all ready messages, on disk included (for `x-max-length-bytes`).
+    /// Body bytes of all ready messages, on disk included (for `x-max-length-bytes`).
     pub fn bytes(&self) -> u64 {
-        self.head_bytes + self.disk.map_or(0, |d| d.bytes) + self.tail_bytes + self.levels_bytes
+        self.body_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,6 +108,7 @@ impl ReadyMessages {
 
     /// Gives back an entry just taken with `pop_front` (nobody could take it).
     pub fn unpop(&mut self, entry: QueueEntry) {
+        self.body_bytes += entry.message.body.len() as u64;
         if self.is_priority() {
             self.push_level(entry);
         } else {
@@ -114,6 +119,7 @@ impl ReadyMessages {
 
     /// Adds a new message at its seq position.
     pub fn push(&mut self, entry: QueueEntry, pageable: bool) {
+        self.body_bytes += entry.message.body.len() as u64;
         if self.is_priority() {
             self.push_level(entry);
             return;
@@ -136,6 +142,7 @@ impl ReadyMessages {
 
     /// Puts a delivered message back at its original place (always ahead of the disk run).
     pub fn requeue(&mut self, entry: QueueEntry) {
+        self.body_bytes += entry.message.body.len() as u64;
         if self.is_priority() {
             self.push_level(entry);
             return;
@@ -153,6 +160,9 @@ impl ReadyMessages {
             }
             let level = self.levels.iter_mut().rev().find(|l| !l.is_empty())?;
             let entry = level.pop_front()?;
+            self.body_bytes = self
+                .body_bytes
+                .saturating_sub(entry.message.body.len() as u64);
             self.levels_len -= 1;
             self.levels_bytes = self.levels_bytes.saturating_sub(entry.message.size());
             return Some((entry, paged_in));
@@ -162,6 +172,9 @@ impl ReadyMessages {
         }
         let entry = self.head.pop_front()?;
         self.head_bytes = self.head_bytes.saturating_sub(entry.message.size());
+        self.body_bytes = self
+            .body_bytes
+            .saturating_sub(entry.message.body.len() as u64);
         Some((entry, paged_in))
     }
 
@@ -327,6 +340,7 @@ impl ReadyMessages {
         self.tail_bytes = 0;
         self.levels_len = 0;
         self.levels_bytes = 0;
+        self.body_bytes = 0;
         (entries, self.disk.take())
     }
 }
