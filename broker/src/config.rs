@@ -51,6 +51,15 @@ pub struct Config {
     #[arg(long, env = "WARREN_COMMIT_INTERVAL_US", default_value_t = 0)]
     pub commit_interval_us: u64,
 
+    /// Delivery limit of quorum queues declared without `x-delivery-limit` (RabbitMQ 4: 20).
+    #[arg(long, env = "WARREN_QUORUM_DELIVERY_LIMIT", default_value_t = 20)]
+    pub quorum_delivery_limit: u32,
+
+    /// How long a delivery may stay unacked before its channel is closed with 406, in
+    /// milliseconds (RabbitMQ's `consumer_timeout`; per queue: `x-consumer-timeout`).
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT_MS", default_value_t = 1_800_000)]
+    pub consumer_timeout_ms: u64,
+
     /// Let the default user `guest` log in from addresses other than loopback.
     #[arg(long, env = "WARREN_GUEST_REMOTE", default_value_t = false)]
     pub allow_guest_remote: bool,
@@ -70,6 +79,8 @@ impl Config {
             max_message_size: 128 << 20,
             disk_free_limit: 0,
             commit_interval_us: 0,
+            quorum_delivery_limit: 20,
+            consumer_timeout_ms: 1_800_000,
             allow_guest_remote: false,
         }
     }

@@ -10,6 +10,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod durable;
+pub mod enqueue;
 pub mod error;
 pub mod exchange;
 pub mod memory;

@@ -39,6 +39,12 @@ impl Message {
         }
     }
 
+    /// The same message, to be written to the store under `id`.
+    pub fn with_store_id(mut self, id: Option<MessageId>) -> Self {
+        self.store_id = id;
+        self
+    }
+
     /// A message read back from the store.
     pub fn from_stored(id: MessageId, stored: StoredMessage) -> Option<Self> {
         let properties = RawProperties::new(stored.properties).ok()?;
@@ -76,6 +82,14 @@ impl Message {
     }
 }
 
+/// Wall-clock time in Unix milliseconds, for TTLs and `x-death` times.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// One message in one queue.
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
@@ -90,6 +104,8 @@ pub struct QueueEntry {
     pub persisted: bool,
     /// Written only to page the body out of memory: not kept across a restart.
     pub paged: bool,
+    /// When it expires (queue or per-message TTL), in Unix milliseconds; 0 = never.
+    pub expires_at: u64,
 }
 
 impl QueueEntry {
@@ -102,7 +118,8 @@ impl QueueEntry {
             delivery_count: self.delivery_count,
             delivered: self.redelivered,
             transient: self.paged,
-            size: self.message.size() as u32,
+            size: self.message.body.len() as u32,
+            expires_at: self.expires_at,
         })
     }
 }

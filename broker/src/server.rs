@@ -13,15 +13,19 @@ use warren_storage::{DataDir, Store, StoreOptions};
 
 use crate::auth::UserStore;
 use crate::config::Config;
+use crate::connection::outbox::Outbox;
+use crate::durable::StoreBatch;
 use crate::error::BrokerError;
 use crate::memory::MemoryMonitor;
-use crate::queue::ConnectionId;
-use crate::vhost::VHost;
+use crate::queue::{ConnectionId, QueueDefaults};
+use crate::vhost::{RouteScratch, VHost};
 
 /// How long shutdown waits for connections to finish their close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often queues page out bodies written since their last publish.
 const QUEUE_MAINTENANCE_INTERVAL: Duration = Duration::from_millis(250);
+/// Rounds of dead-lettering per maintenance pass (a dead letter may cause another).
+const MAX_DEAD_LETTER_ROUNDS: usize = 8;
 /// How often free disk is checked.
 const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -119,9 +123,15 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let recovered = {
         let store = store.clone();
         let memory = Arc::clone(&memory);
-        tokio::task::spawn_blocking(move || crate::durable::recovery::recover(store, memory))
-            .await
-            .map_err(|e| BrokerError::Startup(format!("recovery did not finish: {e}")))??
+        let defaults = QueueDefaults {
+            quorum_delivery_limit: config.quorum_delivery_limit,
+            consumer_timeout_ms: config.consumer_timeout_ms,
+        };
+        tokio::task::spawn_blocking(move || {
+            crate::durable::recovery::recover(store, memory, defaults)
+        })
+        .await
+        .map_err(|e| BrokerError::Startup(format!("recovery did not finish: {e}")))??
     };
     let vhosts = DashMap::new();
     vhosts.insert("/".to_string(), recovered);
@@ -210,10 +220,39 @@ async fn maintain_queues(state: Arc<BrokerState>, mut shutdown: watch::Receiver<
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
+        let now = crate::message::now_ms();
+        let mut batch = StoreBatch::new(Some(state.store.clone()), Arc::new(Outbox::default()));
+        let mut scratch = RouteScratch::default();
         for vhost in state.vhosts.iter() {
             for queue in vhost.queues() {
-                queue.page_out();
+                if queue.tick(now) {
+                    tracing::info!(queue = %queue.name, "deleting queue unused for longer than its x-expires");
+                    vhost.remove_queue_if_present(&queue);
+                    continue;
+                }
+                let letters = queue.take_dead_letters();
+                crate::queue::dead_letter(vhost.value(), &queue, letters, &mut batch, &mut scratch);
             }
+            // Dead letters may expire or overflow in turn; a few rounds settle them.
+            for _ in 0..MAX_DEAD_LETTER_ROUNDS {
+                if !batch.has_pending() {
+                    break;
+                }
+                batch.flush();
+                let mut touched = Vec::new();
+                batch.take_touched(&mut touched);
+                for queue in touched {
+                    let letters = queue.take_dead_letters();
+                    crate::queue::dead_letter(
+                        vhost.value(),
+                        &queue,
+                        letters,
+                        &mut batch,
+                        &mut scratch,
+                    );
+                }
+            }
+            batch.flush();
         }
     }
 }

@@ -8,7 +8,7 @@
 //! |---------------|---------------------------------------|----------------------------------------|
 //! | `meta`        | kind (u8) ++ opaque key               | opaque value                           |
 //! | `messages`    | message id (u64 BE)                   | 1 ++ (u32 BE len ++ bytes) x 3 ++ body |
-//! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | message id u64, delivery count u32, flags u8, size u32 (BE) |
+//! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | message id u64, delivery count u32, flags u8, size u32, expires-at u64 (BE) |
 
 use bytes::Bytes;
 
@@ -19,13 +19,13 @@ const FLAG_DELIVERED: u8 = 1;
 /// The entry exists only to keep a transient message's body out of memory; dropped at open.
 const FLAG_TRANSIENT: u8 = 0b10;
 pub(crate) const INDEX_KEY_LEN: usize = 16;
-const INDEX_VALUE_LEN: usize = 17;
+const INDEX_VALUE_LEN: usize = 25;
 
 /// Meta kind byte for the store's own records (format version, message id ceiling).
 const INTERNAL_KIND: u8 = 0xFF;
 pub(crate) const FORMAT_KEY: &[u8] = &[INTERNAL_KIND, b'f'];
 pub(crate) const ID_CEILING_KEY: &[u8] = &[INTERNAL_KIND, b'i'];
-pub(crate) const STORE_FORMAT: u8 = 1;
+pub(crate) const STORE_FORMAT: u8 = 2;
 
 pub(crate) fn meta_kind_byte(kind: MetaKind) -> u8 {
     match kind {
@@ -82,7 +82,8 @@ pub(crate) fn encode_index_value(entry: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
     out[8..12].copy_from_slice(&entry.delivery_count.to_be_bytes());
     out[12] =
         (u8::from(entry.delivered) * FLAG_DELIVERED) | (u8::from(entry.transient) * FLAG_TRANSIENT);
-    out[13..].copy_from_slice(&entry.size.to_be_bytes());
+    out[13..17].copy_from_slice(&entry.size.to_be_bytes());
+    out[17..].copy_from_slice(&entry.expires_at.to_be_bytes());
     out
 }
 
@@ -99,7 +100,8 @@ pub(crate) fn decode_index_value(seq: Seq, value: &[u8]) -> Result<IndexEntry, S
         delivery_count: be_u32(&value[8..12])?,
         delivered: value[12] & FLAG_DELIVERED != 0,
         transient: value[12] & FLAG_TRANSIENT != 0,
-        size: be_u32(&value[13..])?,
+        size: be_u32(&value[13..17])?,
+        expires_at: be_u64(&value[17..])?,
     })
 }
 
@@ -209,6 +211,7 @@ mod tests {
             delivered: true,
             transient: true,
             size: 1234,
+            expires_at: 1_700_000_000_123,
         };
         assert_eq!(
             decode_index_value(9, &encode_index_value(&entry)).unwrap(),

@@ -54,8 +54,11 @@ pub struct IndexEntry {
     /// Written only to page a transient message out of memory: such entries (and messages
     /// only they reference) are dropped when the store is opened.
     pub transient: bool,
-    /// Body plus properties bytes, so a recovering queue knows its byte size without bodies.
+    /// Body bytes, so a recovering queue knows its size (as length limits count it) without
+    /// reading bodies.
     pub size: u32,
+    /// When the message expires (TTL), in Unix milliseconds; 0 = never.
+    pub expires_at: u64,
 }
 
 /// A change submitted to the writer; see [`Store::submit`].

@@ -30,6 +30,7 @@ fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
         delivered: false,
         transient: false,
         size: 10,
+        expires_at: 0,
     }
 }
 

@@ -143,13 +143,8 @@ impl Channel {
             &message.routing_key,
             remaining,
         );
-        encode::content(
-            ctx.out,
-            self.id,
-            &message.properties,
-            &message.body,
-            ctx.frame_max,
-        );
+        let properties = super::delivered_properties(&queue, &entry);
+        encode::content(ctx.out, self.id, &properties, &message.body, ctx.frame_max);
         super::record_delivery(&queue, &entry, get.no_ack, ctx.batch);
         if !get.no_ack {
             self.unacked.push(super::Unacked {
@@ -157,6 +152,7 @@ impl Channel {
                 queue,
                 entry,
                 consumer: None,
+                delivered_at: std::time::Instant::now(),
             });
         }
         Ok(())

@@ -25,7 +25,7 @@ use crate::queue::{ChannelCredit, ConnectionId, Consumer, Queue};
 use crate::vhost::{RouteScratch, VHost};
 
 use publish::{Confirms, ContentState, PublishedMessage};
-use unacked::{Unacked, UnackedMap, settle};
+use unacked::{SettleContext, Settlement, Unacked, UnackedMap, settle};
 
 /// What a channel needs from its connection while it handles a frame.
 pub struct ChannelContext<'a> {
@@ -59,8 +59,8 @@ struct ChannelConsumer {
 #[derive(Debug, Default)]
 struct Transaction {
     publishes: Vec<(Arc<Exchange>, PublishedMessage, bool)>,
-    /// Deliveries acked (false) or rejected/nacked (true = requeue) inside the transaction.
-    settlements: Vec<(Unacked, bool)>,
+    /// Deliveries acked, rejected or nacked inside the transaction.
+    settlements: Vec<(Unacked, Settlement)>,
 }
 
 #[derive(Debug)]
@@ -255,14 +255,15 @@ impl Channel {
                 for (exchange, message, mandatory) in txn.publishes {
                     self.route_and_enqueue(&exchange, message, mandatory, ctx);
                 }
-                let (requeue, ack): (Vec<_>, Vec<_>) = txn
-                    .settlements
-                    .into_iter()
-                    .partition(|(_, requeue)| *requeue);
-                let mut taken: Vec<Unacked> = ack.into_iter().map(|(u, _)| u).collect();
-                settle(&mut taken, false, ctx.to_pump, ctx.batch);
-                let mut taken: Vec<Unacked> = requeue.into_iter().map(|(u, _)| u).collect();
-                settle(&mut taken, true, ctx.to_pump, ctx.batch);
+                for kind in [Settlement::Ack, Settlement::Reject, Settlement::Requeue] {
+                    let mut taken: Vec<Unacked> = txn
+                        .settlements
+                        .iter()
+                        .filter(|(_, s)| *s == kind)
+                        .map(|(u, _)| u.clone())
+                        .collect();
+                    self.settle_now(&mut taken, kind, ctx);
+                }
                 self.tx = Some(Transaction::default());
                 self.reply(
                     ctx,
@@ -290,7 +291,7 @@ impl Channel {
     }
 
     fn on_ack(&mut self, tag: u64, multiple: bool, ctx: &mut ChannelContext<'_>) -> ProtocolResult {
-        self.settle_tags(tag, multiple, false, ctx)
+        self.settle_tags(tag, multiple, Settlement::Ack, ctx)
     }
 
     fn on_reject(
@@ -300,25 +301,28 @@ impl Channel {
         requeue: bool,
         ctx: &mut ChannelContext<'_>,
     ) -> ProtocolResult {
-        // Dead-lettering of rejected messages arrives with the dead-letter work; until then a
-        // message rejected without requeue is dropped, as in a queue with no DLX.
-        self.settle_tags(tag, multiple, requeue, ctx)
+        let settlement = if requeue {
+            Settlement::Requeue
+        } else {
+            Settlement::Reject
+        };
+        self.settle_tags(tag, multiple, settlement, ctx)
     }
 
     fn settle_tags(
         &mut self,
         tag: u64,
         multiple: bool,
-        requeue: bool,
+        settlement: Settlement,
         ctx: &mut ChannelContext<'_>,
     ) -> ProtocolResult {
         let mut taken = std::mem::take(&mut self.taken);
         let result = self.unacked.take(tag, multiple, &mut taken);
         if let Some(txn) = &mut self.tx {
             txn.settlements
-                .extend(taken.drain(..).map(|u| (u, requeue)));
+                .extend(taken.drain(..).map(|u| (u, settlement)));
         } else {
-            settle(&mut taken, requeue, ctx.to_pump, ctx.batch);
+            self.settle_now(&mut taken, settlement, ctx);
             if self.credit_is_global() {
                 self.pump_all(ctx);
             }
@@ -327,13 +331,28 @@ impl Channel {
         result
     }
 
+    fn settle_now(
+        &mut self,
+        taken: &mut Vec<Unacked>,
+        settlement: Settlement,
+        ctx: &mut ChannelContext<'_>,
+    ) {
+        let mut settle_ctx = SettleContext {
+            vhost: ctx.vhost,
+            batch: ctx.batch,
+            to_pump: ctx.to_pump,
+            scratch: &mut self.route_scratch,
+        };
+        settle(taken, settlement, &mut settle_ctx);
+    }
+
     fn credit_is_global(&self) -> bool {
         self.global_prefetch > 0
     }
 
     fn requeue_all_unacked(&mut self, ctx: &mut ChannelContext<'_>) {
         let mut taken: Vec<Unacked> = self.unacked.drain_all().collect();
-        settle(&mut taken, true, ctx.to_pump, ctx.batch);
+        self.settle_now(&mut taken, Settlement::Requeue, ctx);
     }
 
     /// Schedules a pump of every queue this channel consumes from.
@@ -356,6 +375,7 @@ impl Channel {
         out: &mut BytesMut,
         frame_max: u32,
         batch: &mut StoreBatch,
+        now: std::time::Instant,
     ) {
         let Delivery {
             consumer,
@@ -379,7 +399,8 @@ impl Channel {
             &message.exchange,
             &message.routing_key,
         );
-        encode::content(out, self.id, &message.properties, &message.body, frame_max);
+        let properties = delivered_properties(&queue, &entry);
+        encode::content(out, self.id, &properties, &message.body, frame_max);
         record_delivery(&queue, &entry, consumer.no_ack, batch);
         if !consumer.no_ack {
             self.unacked.push(Unacked {
@@ -387,6 +408,7 @@ impl Channel {
                 queue,
                 entry,
                 consumer: Some(consumer),
+                delivered_at: now,
             });
         }
     }
@@ -407,6 +429,7 @@ impl Channel {
     /// Returns auto-delete queues left without consumers.
     pub fn close(
         &mut self,
+        vhost: &VHost,
         to_pump: &mut Vec<Arc<Queue>>,
         batch: &mut StoreBatch,
     ) -> Vec<Arc<Queue>> {
@@ -422,9 +445,25 @@ impl Channel {
                 .restore(txn.settlements.into_iter().map(|(u, _)| u).collect());
         }
         let mut taken: Vec<Unacked> = self.unacked.drain_all().collect();
-        settle(&mut taken, true, to_pump, batch);
+        let mut settle_ctx = SettleContext {
+            vhost,
+            batch,
+            to_pump,
+            scratch: &mut self.route_scratch,
+        };
+        settle(&mut taken, Settlement::Requeue, &mut settle_ctx);
         self.content = ContentState::Idle;
         unused
+    }
+
+    /// The consumer timeout (ms) of the first delivery unacked for longer than its queue
+    /// allows, if any.
+    pub fn ack_timeout_exceeded(&self, now: std::time::Instant) -> Option<u64> {
+        self.unacked.iter().find_map(|u| {
+            let timeout = u.queue.settings.policy.consumer_timeout_ms;
+            (now.saturating_duration_since(u.delivered_at).as_millis() as u64 > timeout)
+                .then_some(timeout)
+        })
     }
 
     /// Every queue this channel consumes from, for pumping after the outbox drains.
@@ -459,5 +498,21 @@ pub(crate) fn record_delivery(
                 ..index
             },
         });
+    }
+}
+
+/// The properties a delivery carries: as published, plus `x-delivery-count` on redeliveries
+/// from queues that count deliveries (quorum queues, or any queue with a delivery limit).
+pub(crate) fn delivered_properties<'a>(
+    queue: &Queue,
+    entry: &'a crate::message::QueueEntry,
+) -> std::borrow::Cow<'a, amqp_codec::RawProperties> {
+    if queue.settings.policy.delivery_count_header && entry.delivery_count > 0 {
+        std::borrow::Cow::Owned(crate::queue::dead_letter::with_delivery_count(
+            &entry.message.properties,
+            entry.delivery_count,
+        ))
+    } else {
+        std::borrow::Cow::Borrowed(&entry.message.properties)
     }
 }

@@ -8,12 +8,13 @@ use amqp_codec::{ContentHeader, Publish, RawProperties, encode};
 use bytes::{Bytes, BytesMut};
 
 use super::{Channel, ChannelContext};
+use crate::enqueue::{dead_letters_refused, enqueue_routed};
 use crate::error::{ProtocolError, ProtocolResult, ReplyCode};
 use crate::exchange::Exchange;
 use crate::message::{Message, QueueEntry};
-use crate::queue::Queue;
+use crate::queue::dead_letter::DeathReason;
+use crate::queue::{DeadLetter, dead_letter};
 use std::collections::VecDeque;
-use warren_storage::WriteOp;
 
 /// Where the channel is in receiving a message's frames.
 #[derive(Debug, Default)]
@@ -111,6 +112,8 @@ pub struct Confirms {
     sent_up_to: u64,
     /// Runs of publishes waiting for store submissions: (first seq, last seq, submission).
     waiting: VecDeque<(u64, u64, u64)>,
+    /// Publishes to nack (refused by a full queue), in order.
+    nacks: VecDeque<u64>,
 }
 
 impl Confirms {
@@ -320,57 +323,65 @@ impl Channel {
             &mut self.route_out,
         );
         let mut wrote = false;
+        let mut refused = false;
         if self.route_out.is_empty() {
             if mandatory {
                 let message = message.into_message(None);
                 self.send_return(&message, ReplyCode::NoRoute, ctx);
             }
         } else {
-            let persistent = message.properties.delivery_mode() == Some(2);
             // Under memory pressure every message is written, so queues can drop bodies
             // from memory; only persistent ones in durable queues survive a restart.
             let paging = ctx.vhost.memory().should_page();
-            let written =
-                |q: &Queue| q.store.is_some() && (paging || (persistent && q.is_durable()));
-            let durable_queues = self.route_out.iter().filter(|q| written(q)).count() as u32;
-            let store_id = match ctx.batch.store() {
-                Some(store) if durable_queues > 0 => Some(store.next_message_id()),
-                _ => None,
-            };
-            let message = Arc::new(message.into_message(store_id));
-            if let Some(id) = store_id {
-                ctx.batch.push(WriteOp::PutMessage {
-                    id,
-                    message: message.to_stored(),
-                    references: durable_queues,
-                });
-                ctx.batch.written(Arc::clone(&message));
-                wrote = true;
-            }
-            for queue in self.route_out.drain(..) {
-                let seq = queue.reserve_seq();
-                let entry = QueueEntry {
-                    seq,
-                    message: Arc::clone(&message),
-                    redelivered: false,
-                    delivery_count: 0,
-                    persisted: store_id.is_some() && written(&queue),
-                    paged: !(persistent && queue.is_durable()),
-                };
-                if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
-                    ctx.batch.push(WriteOp::Enqueue {
-                        queue: qs.id,
-                        entry: index,
-                    });
+            let message = message.into_message(None);
+            let body = message.body.clone();
+            let template = (
+                message.exchange.clone(),
+                message.routing_key.clone(),
+                message.properties.clone(),
+            );
+            let outcome = enqueue_routed(message, &mut self.route_out, ctx.batch, paging);
+            wrote = outcome.wrote;
+            refused = !outcome.refused.is_empty();
+            for queue in outcome.refused {
+                if dead_letters_refused(&queue) {
+                    let (exchange, routing_key, properties) = template.clone();
+                    let letter = DeadLetter {
+                        entry: QueueEntry {
+                            seq: 0,
+                            message: Arc::new(Message::new(
+                                exchange,
+                                routing_key,
+                                properties,
+                                body.clone(),
+                                None,
+                            )),
+                            redelivered: false,
+                            delivery_count: 0,
+                            persisted: false,
+                            paged: false,
+                            expires_at: 0,
+                        },
+                        reason: DeathReason::Maxlen,
+                    };
+                    dead_letter(
+                        ctx.vhost,
+                        &queue,
+                        vec![letter],
+                        ctx.batch,
+                        &mut self.route_scratch,
+                    );
                 }
-                ctx.batch.hold_enqueue(queue, entry);
             }
         }
         if let Some(confirms) = &mut self.confirms {
             let seq = confirms.next_seq;
             confirms.ready_up_to = seq;
             confirms.next_seq += 1;
-            if wrote {
+            if refused {
+                // RabbitMQ nacks a publish that any full queue refused.
+                confirms.nacks.push_back(seq);
+            } else if wrote {
                 confirms.wait_for(seq, ctx.batch.id());
                 ctx.batch.want_confirm();
             }
@@ -403,6 +414,19 @@ impl Channel {
             return;
         };
         let up_to = confirms.confirmable();
+        // Nacks split the run of acks: ack up to each one, then nack it.
+        while let Some(&nack) = confirms.nacks.front() {
+            if nack > up_to {
+                break;
+            }
+            confirms.nacks.pop_front();
+            if nack > confirms.sent_up_to + 1 {
+                let multiple = nack - 1 - confirms.sent_up_to > 1;
+                encode::ack(out, self.id, nack - 1, multiple);
+            }
+            encode::nack(out, self.id, nack, false, false);
+            confirms.sent_up_to = nack;
+        }
         if up_to > confirms.sent_up_to {
             let multiple = up_to - confirms.sent_up_to > 1;
             encode::ack(out, self.id, up_to, multiple);

@@ -8,7 +8,7 @@ use super::{Channel, ChannelContext};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::{Destination, ExchangeKind, ExchangeSettings};
 use crate::names::QueueName;
-use crate::queue::{QueueArguments, QueueSettings};
+use crate::queue::{QueueArguments, QueuePolicy, QueueSettings};
 
 impl Channel {
     pub(super) fn handle_exchange(
@@ -105,17 +105,26 @@ impl Channel {
                 } else {
                     d.queue.as_str().to_string()
                 };
-                let resolved = if d.passive {
-                    QueueArguments::default()
+                let policy = if d.passive {
+                    QueuePolicy::default()
                 } else {
-                    QueueArguments::parse(&d.arguments, &name, &ctx.vhost.name)?
+                    let arguments = QueueArguments::parse(&d.arguments, &name, &ctx.vhost.name)?;
+                    let policy = QueuePolicy::resolve(arguments, ctx.vhost.queue_defaults());
+                    policy.check_declare(
+                        d.durable,
+                        d.exclusive,
+                        d.auto_delete,
+                        &name,
+                        &ctx.vhost.name,
+                    )?;
+                    policy
                 };
                 let settings = QueueSettings {
                     durable: d.durable,
                     exclusive_owner: d.exclusive.then_some(ctx.conn_id),
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
-                    resolved,
+                    policy,
                 };
                 let (queue, counts) =
                     ctx.vhost

@@ -6,6 +6,7 @@
 //! deliveries queues left in its outbox, pumps queues whose consumers got credit back, and
 //! hands everything it wrote to the writer task in one piece.
 
+mod close;
 mod handshake;
 pub mod outbox;
 mod writer;
@@ -29,7 +30,7 @@ use crate::durable::StoreBatch;
 use crate::error::{ProtocolError, ReplyCode};
 use crate::queue::{ConnectionId, Queue};
 use crate::server::BrokerState;
-use crate::vhost::VHost;
+use crate::vhost::{RouteScratch, VHost};
 use handshake::{ClientCapabilities, HandshakeError};
 use outbox::{Outbox, OutboxItem};
 use writer::WriterMsg;
@@ -38,6 +39,10 @@ use writer::WriterMsg;
 const READ_BUFFER: usize = 64 * 1024;
 /// How long a peer may take to answer our `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often unacked deliveries are checked against consumer timeouts.
+const ACK_TIMEOUT_CHECK: Duration = Duration::from_millis(500);
+/// Rounds of dead-lettering per batch (a dead letter may cause another).
+const MAX_DEAD_LETTER_ROUNDS: usize = 8;
 /// RabbitMQ's handshake timeout.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,6 +84,11 @@ pub struct Connection {
     last_read: Instant,
     /// Store writes of the current batch and the enqueues waiting for them.
     batch: StoreBatch,
+    /// Queues touched this batch that may hold dead letters.
+    dead_candidates: Vec<Arc<Queue>>,
+    route_scratch: RouteScratch,
+    /// The time at the start of the current batch (delivery timestamps for ack timeouts).
+    now: Instant,
 }
 
 /// Runs one accepted connection to its end.
@@ -108,6 +118,9 @@ pub async fn serve(
             writer: writer_tx,
             outbox,
             batch,
+            dead_candidates: Vec::new(),
+            route_scratch: RouteScratch::default(),
+            now: Instant::now(),
             outbox_items: Vec::new(),
             channels: HashMap::new(),
             exclusive_queues: Vec::new(),
@@ -185,6 +198,7 @@ impl Connection {
         let heartbeat = Duration::from_secs(u64::from(session.tuning.heartbeat).max(1));
         let mut heartbeat_check = tokio::time::interval(heartbeat);
         let heartbeats_on = session.tuning.heartbeat > 0;
+        let mut ack_timeouts = tokio::time::interval(ACK_TIMEOUT_CHECK);
         let outbox = Arc::clone(&self.outbox);
         loop {
             let alarm = *blocked.borrow_and_update();
@@ -219,7 +233,9 @@ impl Connection {
                     }
                 }
                 _ = blocked.changed() => {}
+                _ = ack_timeouts.tick() => self.check_ack_timeouts(&session.vhost),
             }
+            self.now = Instant::now();
             self.after_batch(session);
             if self.flush().await.is_err() {
                 return Exit::PeerGone;
@@ -427,7 +443,7 @@ impl Connection {
     /// Releases a channel's consumers and unacked messages.
     fn close_channel(&mut self, channel_id: u16, vhost: &Arc<VHost>) {
         if let Some(ChannelSlot::Open(ch)) = self.channels.get_mut(&channel_id) {
-            for queue in ch.close(&mut self.to_pump, &mut self.batch) {
+            for queue in ch.close(vhost, &mut self.to_pump, &mut self.batch) {
                 vhost.remove_queue_if_present(&queue);
             }
         }
@@ -439,17 +455,64 @@ impl Connection {
         self.batch.flush();
         self.drain_outbox(session);
         if !self.to_pump.is_empty() {
-            for queue in self.to_pump.drain(..) {
+            for queue in &self.to_pump {
                 queue.pump();
             }
+            self.dead_candidates.append(&mut self.to_pump);
             self.drain_outbox(session);
         }
+        self.send_dead_letters(&session.vhost);
         // Writes from deliveries and acks in this batch (delivered flags, removals).
         self.batch.submit();
         for slot in self.channels.values_mut() {
             if let ChannelSlot::Open(ch) = slot {
                 ch.flush_confirms(&mut self.out);
             }
+        }
+    }
+
+    /// Dead-letters what the queues touched in this batch dropped (expired, over a length
+    /// limit). Dead letters can land in queues that drop some of their own, so this repeats,
+    /// a bounded number of times: cycles are cut by `x-death` checks anyway.
+    fn send_dead_letters(&mut self, vhost: &Arc<VHost>) {
+        for _ in 0..MAX_DEAD_LETTER_ROUNDS {
+            self.batch.take_touched(&mut self.dead_candidates);
+            if self.dead_candidates.is_empty() {
+                return;
+            }
+            for queue in self.dead_candidates.drain(..) {
+                let letters = queue.take_dead_letters();
+                crate::queue::dead_letter(
+                    vhost,
+                    &queue,
+                    letters,
+                    &mut self.batch,
+                    &mut self.route_scratch,
+                );
+            }
+            if !self.batch.has_pending() {
+                return;
+            }
+            self.batch.flush();
+        }
+    }
+
+    /// Closes channels holding a delivery unacked past its queue's consumer timeout.
+    fn check_ack_timeouts(&mut self, vhost: &Arc<VHost>) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        for (id, slot) in &self.channels {
+            if let ChannelSlot::Open(ch) = slot
+                && let Some(timeout_ms) = ch.ack_timeout_exceeded(now)
+            {
+                expired.push((*id, timeout_ms));
+            }
+        }
+        for (id, timeout_ms) in expired {
+            let error = ProtocolError::precondition_failed(format!(
+                "delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more"
+            ));
+            self.channel_exception(id, error, vhost);
         }
     }
 
@@ -467,6 +530,7 @@ impl Connection {
                             &mut self.out,
                             session.tuning.frame_max,
                             &mut self.batch,
+                            self.now,
                         ),
                         _ => {
                             delivery.consumer.release_credit(1);
@@ -522,82 +586,6 @@ impl Connection {
             .send(WriterMsg::Data(chunk))
             .await
             .map_err(|_| ())
-    }
-
-    /// Sends `connection.close` for a hard error and waits (briefly) for `close-ok`.
-    async fn close_with(&mut self, error: ProtocolError) {
-        tracing::warn!(
-            code = error.code.code(),
-            text = %error.text,
-            class_id = error.class_id,
-            method_id = error.method_id,
-            "closing connection"
-        );
-        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: error.code.code(),
-            reply_text: error.text.as_str().into(),
-            class_id: error.class_id,
-            method_id: error.method_id,
-        }));
-        encode::method(&mut self.out, 0, &close);
-        if self.flush().await.is_err() {
-            return;
-        }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_close_ok()).await;
-    }
-
-    async fn await_close_ok(&mut self) {
-        loop {
-            loop {
-                match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(Frame::Method {
-                        channel: 0,
-                        method: Method::Other(AMQPClass::Connection(m)),
-                    })) => match m {
-                        connection::AMQPMethod::CloseOk(_) => return,
-                        connection::AMQPMethod::Close(_) => {
-                            let ok = connection::AMQPMethod::CloseOk(connection::CloseOk {});
-                            encode::method(&mut self.out, 0, &AMQPClass::Connection(ok));
-                            let _ = self.flush().await;
-                            return;
-                        }
-                        _ => {}
-                    },
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
-            }
-            match self.read.read_buf(&mut self.rbuf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// The connection is gone: channels release their consumers and unacked messages,
-    /// exclusive queues are deleted, deliveries still in the outbox go back.
-    fn cleanup(&mut self, vhost: &Arc<VHost>) {
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
-            self.close_channel(id, vhost);
-        }
-        self.channels.clear();
-        self.batch.flush();
-        for queue in self.exclusive_queues.drain(..) {
-            vhost.remove_queue_if_present(&queue);
-        }
-        let mut items = std::mem::take(&mut self.outbox_items);
-        self.outbox.take(&mut items);
-        for item in items.drain(..) {
-            if let OutboxItem::Deliver(d) = item {
-                d.consumer.release_credit(1);
-                d.queue.requeue_unsent(d.entry, d.consumer.no_ack);
-            }
-        }
-        for queue in self.to_pump.drain(..) {
-            queue.pump();
-        }
     }
 }
 

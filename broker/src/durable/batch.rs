@@ -24,6 +24,8 @@ pub struct StoreBatch {
     written: Vec<Arc<Message>>,
     /// Enqueues held back until `ops` are submitted.
     pending: Vec<(Arc<Queue>, QueueEntry)>,
+    /// Queues enqueued into since the last `take_touched`: they may have dead letters.
+    touched: Vec<Arc<Queue>>,
     /// Id of the next submission; confirms wait on it.
     next_id: u64,
     /// A channel waits for this submission to send publisher confirms.
@@ -38,6 +40,7 @@ impl StoreBatch {
             ops: Vec::new(),
             written: Vec::new(),
             pending: Vec::new(),
+            touched: Vec::new(),
             next_id: 1,
             confirm_wanted: false,
         }
@@ -75,6 +78,11 @@ impl StoreBatch {
 
     pub fn hold_enqueue(&mut self, queue: Arc<Queue>, entry: QueueEntry) {
         self.pending.push((queue, entry));
+    }
+
+    /// Queues enqueued into since the last call.
+    pub fn take_touched(&mut self, into: &mut Vec<Arc<Queue>>) {
+        into.append(&mut self.touched);
     }
 
     pub fn has_pending(&self) -> bool {
@@ -140,6 +148,9 @@ impl StoreBatch {
                     .map(|(_, entry)| entry)
             });
             queue.enqueue(std::iter::once(first).chain(same_queue));
+            if !self.touched.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                self.touched.push(queue);
+            }
         }
         drop(held);
         self.pending = pending;

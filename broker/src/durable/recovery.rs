@@ -12,19 +12,30 @@ use super::Durability;
 use super::records::{BindingRecord, ExchangeRecord, QueueRecord};
 use crate::memory::MemoryMonitor;
 use crate::names::QueueName;
-use crate::queue::{DiskRun, Queue, QueueArguments, QueueSettings, QueueStore};
+use crate::queue::{
+    DiskRun, Queue, QueueArguments, QueueDefaults, QueuePolicy, QueueSettings, QueueStore,
+};
 use crate::vhost::VHost;
 
 /// Index entries read per step while counting a queue.
 const SCAN_CHUNK: usize = 65_536;
 
 /// Rebuilds the default vhost from the store.
-pub fn recover(store: Store, memory: Arc<MemoryMonitor>) -> Result<Arc<VHost>, StorageError> {
+pub fn recover(
+    store: Store,
+    memory: Arc<MemoryMonitor>,
+    defaults: QueueDefaults,
+) -> Result<Arc<VHost>, StorageError> {
     let started = Instant::now();
     let queue_records: Vec<QueueRecord> = decode_all(&store, MetaKind::Queue, QueueRecord::decode)?;
     let next_queue_id = queue_records.iter().map(|q| q.id).max().unwrap_or(0) + 1;
     let durability = Durability::new(store.clone(), next_queue_id);
-    let vhost = Arc::new(VHost::new("/", memory.clone(), Some(durability.clone())));
+    let vhost = Arc::new(VHost::new(
+        "/",
+        memory.clone(),
+        Some(durability.clone()),
+        defaults,
+    ));
 
     let exchanges = decode_all(&store, MetaKind::Exchange, ExchangeRecord::decode)?;
     let exchange_count = exchanges.len();
@@ -38,17 +49,18 @@ pub fn recover(store: Store, memory: Arc<MemoryMonitor>) -> Result<Arc<VHost>, S
         let (disk, next_seq) = scan_index(&store, record.id)?;
         let messages = disk.map_or(0, |d| d.count);
         total_messages += messages;
-        let resolved = QueueArguments::parse(&record.arguments, &record.name, "/")
+        let arguments = QueueArguments::parse(&record.arguments, &record.name, "/")
             .unwrap_or_else(|error| {
                 tracing::warn!(queue = %record.name, %error, "stored queue arguments no longer valid; using defaults");
                 QueueArguments::default()
             });
+        let policy = QueuePolicy::resolve(arguments, &defaults);
         let settings = QueueSettings {
             durable: true,
             exclusive_owner: None,
             auto_delete: record.auto_delete,
             arguments: record.arguments,
-            resolved,
+            policy,
         };
         let queue = Queue::recovered(
             QueueName::new(&record.name),
@@ -96,6 +108,7 @@ pub fn recover(store: Store, memory: Arc<MemoryMonitor>) -> Result<Arc<VHost>, S
 fn scan_index(store: &Store, queue: QueueId) -> Result<(Option<DiskRun>, u64), StorageError> {
     let mut first = None;
     let mut count = 0u64;
+    let mut bytes = 0u64;
     let mut next = 0u64;
     loop {
         let chunk = store.read_entries(queue, next, SCAN_CHUNK)?;
@@ -104,12 +117,17 @@ fn scan_index(store: &Store, queue: QueueId) -> Result<(Option<DiskRun>, u64), S
         };
         first = first.or(chunk.first().map(|e| e.seq));
         count += chunk.len() as u64;
+        bytes += chunk.iter().map(|e| u64::from(e.size)).sum::<u64>();
         next = last.seq + 1;
         if chunk.len() < SCAN_CHUNK {
             break;
         }
     }
-    let disk = first.map(|first| DiskRun { next: first, count });
+    let disk = first.map(|first| DiskRun {
+        next: first,
+        count,
+        bytes,
+    });
     Ok((disk, next))
 }
 

@@ -40,6 +40,8 @@ pub struct QueueArguments {
     pub delivery_limit: Option<i64>,
     pub single_active_consumer: bool,
     pub queue_type: QueueType,
+    /// `x-consumer-timeout`, milliseconds.
+    pub consumer_timeout: Option<u64>,
 }
 
 impl QueueArguments {
@@ -85,6 +87,9 @@ impl QueueArguments {
                         other => return Err(invalid(format!("{{invalid_value,<<\"{other}\">>}}"))),
                     }
                 }
+                "x-consumer-timeout" => {
+                    resolved.consumer_timeout = Some(positive(value).map_err(invalid)?)
+                }
                 "x-single-active-consumer" => match value {
                     AMQPValue::Boolean(b) => resolved.single_active_consumer = *b,
                     other => return Err(invalid(unacceptable(other))),
@@ -105,6 +110,89 @@ impl QueueArguments {
             }
         }
         Ok(resolved)
+    }
+}
+
+/// Broker-wide defaults that queue arguments override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDefaults {
+    /// Delivery limit of quorum queues declared without `x-delivery-limit` (RabbitMQ 4: 20).
+    pub quorum_delivery_limit: u32,
+    /// How long a delivery may stay unacked before its channel is closed (RabbitMQ's
+    /// `consumer_timeout`, 30 minutes by default), in milliseconds.
+    pub consumer_timeout_ms: u64,
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        Self {
+            quorum_delivery_limit: 20,
+            consumer_timeout_ms: 30 * 60 * 1000,
+        }
+    }
+}
+
+/// The settings a queue actually runs with: its arguments, and broker defaults where the
+/// arguments are silent. Operator policies will feed in here too; queue code reads only this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePolicy {
+    pub arguments: QueueArguments,
+    /// Returns (requeues) a message may have before it is dead-lettered; `None` = unlimited.
+    pub delivery_limit: Option<u32>,
+    /// Redeliveries carry `x-delivery-count`, as quorum queues' do.
+    pub delivery_count_header: bool,
+    pub consumer_timeout_ms: u64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self::resolve(QueueArguments::default(), &QueueDefaults::default())
+    }
+}
+
+impl QueuePolicy {
+    pub fn resolve(arguments: QueueArguments, defaults: &QueueDefaults) -> Self {
+        let quorum = arguments.queue_type == QueueType::Quorum;
+        let delivery_limit = match arguments.delivery_limit {
+            // Negative means unlimited, as in RabbitMQ 4.
+            Some(limit) => u32::try_from(limit).ok(),
+            None if quorum => Some(defaults.quorum_delivery_limit),
+            None => None,
+        };
+        Self {
+            delivery_count_header: quorum || delivery_limit.is_some(),
+            delivery_limit,
+            consumer_timeout_ms: arguments
+                .consumer_timeout
+                .unwrap_or(defaults.consumer_timeout_ms),
+            arguments,
+        }
+    }
+
+    /// RabbitMQ refuses quorum queues that could not be replicated logs.
+    pub fn check_declare(
+        &self,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        queue: &str,
+        vhost: &str,
+    ) -> ProtocolResult {
+        if self.arguments.queue_type != QueueType::Quorum {
+            return Ok(());
+        }
+        let property = if !durable {
+            "non-durable"
+        } else if exclusive {
+            "exclusive-owner"
+        } else if auto_delete {
+            "auto-delete"
+        } else {
+            return Ok(());
+        };
+        Err(ProtocolError::precondition_failed(format!(
+            "invalid property '{property}' for queue '{queue}' in vhost '{vhost}'"
+        )))
     }
 }
 

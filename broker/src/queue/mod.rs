@@ -9,15 +9,18 @@
 
 mod arguments;
 mod consumer;
+pub mod dead_letter;
+mod dead_lettering;
 mod ready;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use amqp_codec::FieldTable;
 
-pub use arguments::{Overflow, QueueArguments, QueueType};
+pub use arguments::{Overflow, QueueArguments, QueueDefaults, QueuePolicy, QueueType};
 pub use consumer::{ChannelCredit, Consumer};
+pub use dead_lettering::dead_letter;
 use ready::ReadyMessages;
 pub use ready::{DiskRun, QueueStore};
 use warren_storage::WriteOp;
@@ -25,8 +28,9 @@ use warren_storage::WriteOp;
 use crate::connection::outbox::{Delivery, OutboxItem};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::memory::MemoryMonitor;
-use crate::message::QueueEntry;
+use crate::message::{QueueEntry, now_ms};
 use crate::names::{ConsumerTag, QueueName};
+use dead_letter::DeathReason;
 
 /// Connection that owns an exclusive queue.
 pub type ConnectionId = u64;
@@ -38,8 +42,8 @@ pub struct QueueSettings {
     pub exclusive_owner: Option<ConnectionId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
-    /// `arguments`, checked and resolved.
-    pub resolved: QueueArguments,
+    /// `arguments` and broker defaults, resolved: what the queue runs with.
+    pub policy: QueuePolicy,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,17 @@ pub struct Queue {
     next_seq: AtomicU64,
     state: Mutex<QueueState>,
     memory: Arc<MemoryMonitor>,
+    /// Messages left the queue to be dead-lettered; see [`Queue::take_dead_letters`].
+    has_dead: AtomicBool,
+    /// Last declare, consume, get or cancel (Unix ms), for `x-expires`.
+    last_used_ms: AtomicU64,
+}
+
+/// A message that left its queue without being consumed, and why.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub entry: QueueEntry,
+    pub reason: DeathReason,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +82,10 @@ struct QueueState {
     next_consumer: usize,
     had_consumers: bool,
     deleted: bool,
+    /// Expired or dropped messages waiting to be dead-lettered by whoever takes them.
+    dead: Vec<DeadLetter>,
+    /// Publishes admitted under a reject-publish limit, not yet enqueued: (count, bytes).
+    admitted: (u64, u64),
 }
 
 /// Point-in-time counts for `queue.declare-ok` and operators.
@@ -98,6 +117,7 @@ impl Queue {
         disk: Option<DiskRun>,
         next_seq: u64,
     ) -> Self {
+        let ready = ReadyMessages::new(settings.policy.arguments.max_priority, disk);
         Self {
             name,
             settings,
@@ -105,10 +125,12 @@ impl Queue {
             store,
             next_seq: AtomicU64::new(next_seq),
             state: Mutex::new(QueueState {
-                ready: ReadyMessages::recovered(disk),
+                ready,
                 ..QueueState::default()
             }),
             memory,
+            has_dead: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(now_ms()),
         }
     }
 
@@ -167,20 +189,142 @@ impl Queue {
             return;
         }
         let pageable = self.store.is_some();
+        let admitted = self.settings.policy.arguments.overflow != Overflow::DropHead;
+        let mut fresh_from = u64::MAX;
         for entry in entries {
-            self.memory.add(entry.message.size());
+            let size = entry.message.size();
+            if admitted {
+                st.admitted.0 = st.admitted.0.saturating_sub(1);
+                st.admitted.1 = st
+                    .admitted
+                    .1
+                    .saturating_sub(entry.message.body.len() as u64);
+            }
+            fresh_from = fresh_from.min(entry.seq);
+            self.memory.add(size);
             st.ready.push(entry, pageable);
         }
-        self.dispatch(&mut st);
+        self.drop_head_over_limit(&mut st);
+        self.dispatch_from(&mut st, fresh_from);
+        self.expire_head(&mut st, now_ms());
         if pageable {
             let released = st.ready.page_out();
             self.memory.release(released);
         }
+        self.note_dead(&st);
+    }
+
+    /// Under `x-overflow: reject-publish(-dlx)`, reserves room for one more message of
+    /// `size` bytes; false when the queue is full and the publish must be refused.
+    pub fn admit(&self, body_size: u64) -> bool {
+        let args = &self.settings.policy.arguments;
+        if args.overflow == Overflow::DropHead
+            || (args.max_length.is_none() && args.max_length_bytes.is_none())
+        {
+            return true;
+        }
+        let mut st = self.lock();
+        let len = st.ready.len() + st.admitted.0;
+        let bytes = st.ready.bytes() + st.admitted.1;
+        if args.max_length.is_some_and(|max| len >= max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| bytes + body_size > max)
+        {
+            return false;
+        }
+        st.admitted.0 += 1;
+        st.admitted.1 += body_size;
+        true
+    }
+
+    /// `x-overflow: drop-head`: the oldest ready messages go (dead-lettered `maxlen`) while
+    /// the queue is over `x-max-length` or `x-max-length-bytes`.
+    fn drop_head_over_limit(&self, st: &mut QueueState) {
+        let args = &self.settings.policy.arguments;
+        if args.overflow != Overflow::DropHead {
+            return;
+        }
+        while args.max_length.is_some_and(|max| st.ready.len() > max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| st.ready.bytes() > max)
+        {
+            let Some((entry, paged_in)) = st.ready.pop_front(self.store.as_ref()) else {
+                break;
+            };
+            self.memory.add(paged_in);
+            self.memory.release(entry.message.size());
+            st.dead.push(DeadLetter {
+                entry,
+                reason: DeathReason::Maxlen,
+            });
+        }
+    }
+
+    /// Expired messages at the head leave for dead-lettering, whether or not a consumer is
+    /// there to notice (RabbitMQ expires from the head).
+    fn expire_head(&self, st: &mut QueueState, now: u64) {
+        while let Some((entry, paged_in)) = st.ready.pop_front(self.store.as_ref()) {
+            self.memory.add(paged_in);
+            if entry.expires_at == 0 || entry.expires_at > now {
+                st.ready.unpop(entry);
+                break;
+            }
+            self.memory.release(entry.message.size());
+            st.dead.push(DeadLetter {
+                entry,
+                reason: DeathReason::Expired,
+            });
+        }
+    }
+
+    fn note_dead(&self, st: &QueueState) {
+        if !st.dead.is_empty() {
+            self.has_dead.store(true, Ordering::Release);
+        }
+    }
+
+    /// Messages that left the queue to be dead-lettered (expired, dropped by a length limit).
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        if !self.has_dead.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.lock().dead)
+    }
+
+    /// Marks the queue used now (declare, consume, get), for `x-expires`.
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Periodic housekeeping: expiry at the head, paging, and whether `x-expires` says the
+    /// queue has been unused long enough to be deleted.
+    pub fn tick(&self, now: u64) -> bool {
+        let mut st = self.lock();
+        if st.deleted {
+            return false;
+        }
+        self.expire_head(&mut st, now);
+        if self.store.is_some() {
+            let released = st.ready.page_out();
+            self.memory.release(released);
+        }
+        self.note_dead(&st);
+        let unused_for = now.saturating_sub(self.last_used_ms.load(Ordering::Relaxed));
+        self.settings
+            .policy
+            .arguments
+            .expires
+            .is_some_and(|expires| st.consumers.is_empty() && unused_for >= expires)
     }
 
     /// `basic.get`: the head message and how many remain.
     pub fn get(&self, no_ack: bool) -> Option<(QueueEntry, u32)> {
+        self.touch();
         let mut st = self.lock();
+        self.expire_head(&mut st, now_ms());
+        self.note_dead(&st);
         let (entry, paged_in) = st.ready.pop_front(self.store.as_ref())?;
         self.memory.add(paged_in);
         if no_ack {
@@ -254,6 +398,7 @@ impl Queue {
 
     /// Adds a consumer; 403 if the queue or the new consumer is exclusive and others exist.
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> ProtocolResult {
+        self.touch();
         let mut st = self.lock();
         if st.deleted {
             return Err(ProtocolError::not_found(format!(
@@ -281,6 +426,7 @@ impl Queue {
     /// Removes a consumer. Returns true when this leaves an auto-delete queue unused, so the
     /// caller should delete it.
     pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
+        self.touch();
         let mut st = self.lock();
         if let Some(pos) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) {
             st.consumers.remove(pos);
@@ -342,16 +488,35 @@ impl Queue {
     }
 
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        self.dispatch_from(st, u64::MAX);
+    }
+
+    /// Hands ready messages to consumers with credit. Messages at or after `fresh_from` have
+    /// only just entered the queue: their TTL starts now, so even a TTL of 0 lets them go to a
+    /// consumer that can take them at once (RabbitMQ's rule); they expire afterwards.
+    fn dispatch_from(self: &Arc<Self>, st: &mut QueueState, fresh_from: u64) {
+        let single_active = self.settings.policy.arguments.single_active_consumer;
+        let mut now = None;
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let Some(idx) = pick_consumer(st) else {
-                break;
-            };
             let Some((entry, paged_in)) = st.ready.pop_front(self.store.as_ref()) else {
-                // Nothing could be read back; give the credit back and stop.
-                st.consumers[idx].release_credit(1);
                 break;
             };
             self.memory.add(paged_in);
+            if entry.expires_at != 0
+                && entry.seq < fresh_from
+                && entry.expires_at <= *now.get_or_insert_with(now_ms)
+            {
+                self.memory.release(entry.message.size());
+                st.dead.push(DeadLetter {
+                    entry,
+                    reason: DeathReason::Expired,
+                });
+                continue;
+            }
+            let Some(idx) = pick_consumer(st, single_active) else {
+                st.ready.unpop(entry);
+                break;
+            };
             let consumer = &st.consumers[idx];
             if consumer.no_ack {
                 self.memory.release(entry.message.size());
@@ -365,6 +530,7 @@ impl Queue {
                 entry,
             }));
         }
+        self.note_dead(st);
     }
 }
 
@@ -397,7 +563,16 @@ fn remove_disk_run(store: &QueueStore, run: DiskRun, ops: &mut Vec<WriteOp>) {
 }
 
 /// The next consumer with credit: the highest priority first, round-robin within a priority.
-fn pick_consumer(st: &mut QueueState) -> Option<usize> {
+/// A single-active-consumer queue only ever delivers to its first consumer (the longest
+/// waiting of the highest priority); when it goes, the next one takes over.
+fn pick_consumer(st: &mut QueueState, single_active: bool) -> Option<usize> {
+    if single_active {
+        return st
+            .consumers
+            .first()
+            .is_some_and(|c| c.try_take_credit())
+            .then_some(0);
+    }
     let n = st.consumers.len();
     let mut group = 0;
     while group < n {

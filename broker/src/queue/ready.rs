@@ -26,11 +26,13 @@ const TAIL_MAX: usize = 1024;
 /// ...or this many bytes.
 const TAIL_MAX_BYTES: u64 = 8 << 20;
 
-/// Entries that exist only in the store: `count` of them, the first at or after `next`.
+/// Entries that exist only in the store: `count` of them (`bytes` in all), the first at or
+/// after `next`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskRun {
     pub next: Seq,
     pub count: u64,
+    pub bytes: u64,
 }
 
 /// Where a durable queue's entries live in the store.
@@ -47,27 +49,81 @@ pub struct ReadyMessages {
     disk: Option<DiskRun>,
     tail: VecDeque<QueueEntry>,
     tail_bytes: u64,
+    /// Priority queues (`x-max-priority`): one run per priority, highest last. Such queues
+    /// keep every message in memory; `head` and `tail` stay empty once the disk run is read.
+    levels: Vec<VecDeque<QueueEntry>>,
+    levels_len: u64,
+    levels_bytes: u64,
+    /// Body bytes of every ready message, on disk included: what `x-max-length-bytes` counts
+    /// (RabbitMQ counts bodies only).
+    body_bytes: u64,
 }
 
 impl ReadyMessages {
-    /// A recovered queue: everything starts on disk.
-    pub fn recovered(disk: Option<DiskRun>) -> Self {
+    /// A queue's ready messages; `max_priority` makes it a priority queue. A recovered queue
+    /// starts with everything on disk.
+    pub fn new(max_priority: Option<u8>, disk: Option<DiskRun>) -> Self {
+        let levels = max_priority
+            .map(|max| (0..=max).map(|_| VecDeque::new()).collect())
+            .unwrap_or_default();
         Self {
+            body_bytes: disk.map_or(0, |d| d.bytes),
             disk,
+            levels,
             ..Self::default()
         }
     }
 
+    fn is_priority(&self) -> bool {
+        !self.levels.is_empty()
+    }
+
     pub fn len(&self) -> u64 {
-        self.head.len() as u64 + self.disk.map_or(0, |d| d.count) + self.tail.len() as u64
+        self.head.len() as u64
+            + self.disk.map_or(0, |d| d.count)
+            + self.tail.len() as u64
+            + self.levels_len
+    }
+
+    /// Body bytes of all ready messages, on disk included (for `x-max-length-bytes`).
+    pub fn bytes(&self) -> u64 {
+        self.body_bytes
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn level_of(&self, entry: &QueueEntry) -> usize {
+        let max = self.levels.len().saturating_sub(1);
+        usize::from(entry.message.properties.priority().unwrap_or(0)).min(max)
+    }
+
+    fn push_level(&mut self, entry: QueueEntry) {
+        let level = self.level_of(&entry);
+        self.levels_len += 1;
+        self.levels_bytes += entry.message.size();
+        insert_sorted(&mut self.levels[level], entry);
+    }
+
+    /// Gives back an entry just taken with `pop_front` (nobody could take it).
+    pub fn unpop(&mut self, entry: QueueEntry) {
+        self.body_bytes += entry.message.body.len() as u64;
+        if self.is_priority() {
+            self.push_level(entry);
+        } else {
+            self.head_bytes += entry.message.size();
+            self.head.push_front(entry);
+        }
+    }
+
     /// Adds a new message at its seq position.
     pub fn push(&mut self, entry: QueueEntry, pageable: bool) {
+        self.body_bytes += entry.message.body.len() as u64;
+        if self.is_priority() {
+            self.push_level(entry);
+            return;
+        }
         let size = entry.message.size();
         let to_head = self.head.back().is_some_and(|b| entry.seq < b.seq)
             || self.disk.is_some_and(|d| entry.seq < d.next)
@@ -86,6 +142,11 @@ impl ReadyMessages {
 
     /// Puts a delivered message back at its original place (always ahead of the disk run).
     pub fn requeue(&mut self, entry: QueueEntry) {
+        self.body_bytes += entry.message.body.len() as u64;
+        if self.is_priority() {
+            self.push_level(entry);
+            return;
+        }
         self.head_bytes += entry.message.size();
         insert_sorted(&mut self.head, entry);
     }
@@ -93,19 +154,56 @@ impl ReadyMessages {
     /// The next message, refilling the head from the store when it runs dry.
     pub fn pop_front(&mut self, store: Option<&QueueStore>) -> Option<(QueueEntry, u64)> {
         let mut paged_in = 0;
+        if self.is_priority() {
+            if self.disk.is_some() {
+                paged_in = self.load_all(store);
+            }
+            let level = self.levels.iter_mut().rev().find(|l| !l.is_empty())?;
+            let entry = level.pop_front()?;
+            self.body_bytes = self
+                .body_bytes
+                .saturating_sub(entry.message.body.len() as u64);
+            self.levels_len -= 1;
+            self.levels_bytes = self.levels_bytes.saturating_sub(entry.message.size());
+            return Some((entry, paged_in));
+        }
         if self.head.is_empty() {
             paged_in = self.refill(store);
         }
         let entry = self.head.pop_front()?;
         self.head_bytes = self.head_bytes.saturating_sub(entry.message.size());
+        self.body_bytes = self
+            .body_bytes
+            .saturating_sub(entry.message.body.len() as u64);
         Some((entry, paged_in))
+    }
+
+    /// A recovered priority queue reads all its messages back at once (priority queues do not
+    /// page). Returns the bytes read.
+    fn load_all(&mut self, store: Option<&QueueStore>) -> u64 {
+        let mut added = 0;
+        while self.disk.is_some() {
+            let before = self.disk;
+            added += self.refill_head(store, usize::MAX, u64::MAX);
+            for entry in std::mem::take(&mut self.head) {
+                self.push_level(entry);
+            }
+            self.head_bytes = 0;
+            if self.disk == before {
+                break;
+            }
+        }
+        added
     }
 
     /// Bytes paged in: refills the head from the disk run, then moves the tail up once the
     /// disk run is used up.
     pub fn refill(&mut self, store: Option<&QueueStore>) -> u64 {
+        self.refill_head(store, HEAD_TARGET, HEAD_TARGET_BYTES)
+    }
+    fn refill_head(&mut self, store: Option<&QueueStore>, max_len: usize, max_bytes: u64) -> u64 {
         let mut added = 0;
-        while self.head.len() < HEAD_TARGET && self.head_bytes < HEAD_TARGET_BYTES {
+        while self.head.len() < max_len && self.head_bytes < max_bytes {
             let Some(run) = self.disk else {
                 break;
             };
@@ -131,9 +229,11 @@ impl ReadyMessages {
             }
             let mut next = run.next;
             let mut taken = 0u64;
+            let mut taken_bytes = 0u64;
             for index in entries {
                 next = index.seq + 1;
                 taken += 1;
+                taken_bytes += u64::from(index.size);
                 let message = match store.store.read_message(index.message_id) {
                     Ok(Some(stored)) => Message::from_stored(index.message_id, stored),
                     Ok(None) => None,
@@ -157,6 +257,7 @@ impl ReadyMessages {
                     delivery_count: index.delivery_count,
                     persisted: true,
                     paged: index.transient,
+                    expires_at: index.expires_at,
                 };
                 let size = entry.message.size();
                 added += size;
@@ -164,9 +265,13 @@ impl ReadyMessages {
                 self.head.push_back(entry);
             }
             let count = run.count.saturating_sub(taken);
-            self.disk = (count > 0).then_some(DiskRun { next, count });
+            self.disk = (count > 0).then_some(DiskRun {
+                next,
+                count,
+                bytes: run.bytes.saturating_sub(taken_bytes),
+            });
         }
-        if self.disk.is_none() && !self.tail.is_empty() && self.head.len() < HEAD_TARGET {
+        if self.disk.is_none() && !self.tail.is_empty() && self.head.len() < max_len {
             self.head.append(&mut self.tail);
             self.head_bytes += std::mem::take(&mut self.tail_bytes);
         }
@@ -176,7 +281,7 @@ impl ReadyMessages {
     /// Drops the bodies of stored tail messages from memory, folding them into the disk run.
     /// Returns the bytes released.
     pub fn page_out(&mut self) -> u64 {
-        if self.tail.len() <= TAIL_MAX && self.tail_bytes <= TAIL_MAX_BYTES {
+        if self.is_priority() || self.tail.len() <= TAIL_MAX && self.tail_bytes <= TAIL_MAX_BYTES {
             return 0;
         }
         if self.disk.is_none() {
@@ -208,11 +313,15 @@ impl ReadyMessages {
             released += size;
             self.tail_bytes = self.tail_bytes.saturating_sub(size);
             match &mut self.disk {
-                Some(run) => run.count += 1,
+                Some(run) => {
+                    run.count += 1;
+                    run.bytes += size;
+                }
                 None => {
                     self.disk = Some(DiskRun {
                         next: entry.seq,
                         count: 1,
+                        bytes: size,
                     })
                 }
             }
@@ -224,8 +333,14 @@ impl ReadyMessages {
     pub fn take_all(&mut self) -> (Vec<QueueEntry>, Option<DiskRun>) {
         let mut entries: Vec<QueueEntry> = self.head.drain(..).collect();
         entries.extend(self.tail.drain(..));
+        for level in &mut self.levels {
+            entries.extend(level.drain(..));
+        }
         self.head_bytes = 0;
         self.tail_bytes = 0;
+        self.levels_len = 0;
+        self.levels_bytes = 0;
+        self.body_bytes = 0;
         (entries, self.disk.take())
     }
 }

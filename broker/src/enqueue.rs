@@ -1,0 +1,99 @@
+//! Turning a routed message into queue entries: admission under `reject-publish` limits,
+//! store writes for what must survive a restart (or leave memory), and expiry times. Shared
+//! by channel publishes and dead-lettering, so both obey the same queue rules.
+
+use std::sync::Arc;
+
+use warren_storage::WriteOp;
+
+use crate::durable::StoreBatch;
+use crate::message::{Message, QueueEntry, now_ms};
+use crate::queue::{Overflow, Queue};
+
+/// What became of a routed message.
+#[derive(Debug, Default)]
+pub struct Enqueued {
+    /// Its write is in the batch: a publisher confirm must wait for the batch to be on disk.
+    pub wrote: bool,
+    /// Queues that refused it (full, with `x-overflow: reject-publish` or `-dlx`).
+    pub refused: Vec<Arc<Queue>>,
+}
+
+/// Holds `message` for enqueueing into every queue in `queues` (which is drained), with its
+/// store writes in `batch`. `paging` asks for transient messages to be written too, so their
+/// bodies can leave memory.
+pub fn enqueue_routed(
+    message: Message,
+    queues: &mut Vec<Arc<Queue>>,
+    batch: &mut StoreBatch,
+    paging: bool,
+) -> Enqueued {
+    let mut outcome = Enqueued::default();
+    let body_size = message.body.len() as u64;
+    queues.retain(|queue| {
+        let admitted = queue.admit(body_size);
+        if !admitted {
+            outcome.refused.push(Arc::clone(queue));
+        }
+        admitted
+    });
+    if queues.is_empty() {
+        return outcome;
+    }
+    let persistent = message.properties.delivery_mode() == Some(2);
+    let written = |q: &Queue| q.store.is_some() && (paging || (persistent && q.is_durable()));
+    let references = queues.iter().filter(|q| written(q)).count() as u32;
+    let store_id = match batch.store() {
+        Some(store) if references > 0 => Some(store.next_message_id()),
+        _ => None,
+    };
+    let message_ttl = message_expiration(&message);
+    let message = Arc::new(message.with_store_id(store_id));
+    if let Some(id) = store_id {
+        batch.push(WriteOp::PutMessage {
+            id,
+            message: message.to_stored(),
+            references,
+        });
+        batch.written(Arc::clone(&message));
+        outcome.wrote = true;
+    }
+    let mut now = None;
+    for queue in queues.drain(..) {
+        let ttl = match (message_ttl, queue.settings.policy.arguments.message_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map_or(0, |ttl| {
+            now.get_or_insert_with(now_ms).saturating_add(ttl).max(1)
+        });
+        let entry = QueueEntry {
+            seq: queue.reserve_seq(),
+            message: Arc::clone(&message),
+            redelivered: false,
+            delivery_count: 0,
+            persisted: store_id.is_some() && written(&queue),
+            paged: !(persistent && queue.is_durable()),
+            expires_at,
+        };
+        if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
+            batch.push(WriteOp::Enqueue {
+                queue: qs.id,
+                entry: index,
+            });
+        }
+        batch.hold_enqueue(queue, entry);
+    }
+    outcome
+}
+
+/// The per-message TTL from the `expiration` property, in milliseconds.
+fn message_expiration(message: &Message) -> Option<u64> {
+    let text = message.properties.expiration()?;
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// Whether a queue refusing a message also dead-letters it (`reject-publish-dlx`).
+pub fn dead_letters_refused(queue: &Queue) -> bool {
+    queue.settings.policy.arguments.overflow == Overflow::RejectPublishDlx
+}
