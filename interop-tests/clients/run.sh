@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Real RabbitMQ client libraries against Warren (or, with --against-rabbitmq, against RabbitMQ
+# from Debian's packages, to prove each expectation is RabbitMQ's behaviour).
+#
+# usage: interop-tests/clients/run.sh [--against-rabbitmq] [--clients pika,aio-pika,amqplib]
+#
+# Installs what it needs on a fresh Debian machine as root (apt-get only for what is missing;
+# Python packages into interop-tests/clients/.venv; npm packages from node/package-lock.json),
+# builds and starts the broker on 127.0.0.1, runs every client's driver in parallel (each
+# names its queues and exchanges after itself), then the cross-client matrix, and prints one
+# report, also written to report.md (report-rabbitmq.md with --against-rabbitmq). Exits
+# non-zero if anything failed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+ALL_CLIENTS=pika,aio-pika,amqplib
+CLIENTS=$ALL_CLIENTS
+AGAINST=warren
+RABBIT_PORT=5687
+RABBIT_DIST_PORT=25687
+RABBIT_NODE=warrenclients@localhost
+DRIVER_TIMEOUT=240   # seconds for one driver's whole scenario list
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --against-rabbitmq) AGAINST=rabbitmq; shift ;;
+        --clients) CLIENTS=$2; shift 2 ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+START=$(date +%s)
+WORK=$(mktemp -d /tmp/warren-clients.XXXXXX)
+BROKER_PID=""
+EPMD_BEFORE=0
+(exec 3<>/dev/tcp/127.0.0.1/4369) 2>/dev/null && EPMD_BEFORE=1
+
+log() { echo "[clients] $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 pid=$2 what=$3
+    for _ in $(seq 1 300); do
+        port_open "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || { log "$what exited during start-up"; return 1; }
+        sleep 0.2
+    done
+    log "$what did not open port $port within 60 s"
+    return 1
+}
+
+stop_pid() {
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+rabbit_env() {
+    local d="$WORK/rabbit"
+    env HOME="$d" \
+        RABBITMQ_BASE="$d" \
+        RABBITMQ_NODENAME="$RABBIT_NODE" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$RABBIT_PORT" \
+        RABBITMQ_DIST_PORT="$RABBIT_DIST_PORT" \
+        RABBITMQ_MNESIA_BASE="$d/mnesia" \
+        RABBITMQ_LOG_BASE="$d/log" \
+        RABBITMQ_PID_FILE="$d/pid" \
+        RABBITMQ_CONFIG_FILE="$d/rabbitmq" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" \
+        RABBITMQ_SERVER_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        ERL_EPMD_ADDRESS=127.0.0.1 \
+        "$@"
+}
+
+cleanup() {
+    set +e
+    if [ "$AGAINST" = rabbitmq ] && [ -n "$BROKER_PID" ]; then
+        rabbit_env /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1
+        stop_pid "$(cat "$WORK/rabbit/pid" 2>/dev/null)"
+        # epmd outlives the node; stop it only if nothing else was using it before us.
+        [ "$EPMD_BEFORE" = 0 ] && epmd -kill >/dev/null 2>&1
+    fi
+    stop_pid "$BROKER_PID"
+    if [ "${KEEP_WORK:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- install ---------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+    [ "$(id -u)" = 0 ] || { log "missing $*, and not root to apt-get install it"; exit 1; }
+    if [ $APT_UPDATED = 0 ]; then apt-get update -qq >"$WORK/apt.log" 2>&1 || true; APT_UPDATED=1; fi
+    log "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$WORK/apt.log" 2>&1 \
+        || { tail -20 "$WORK/apt.log" >&2; exit 1; }
+}
+
+needs() { [[ ",$CLIENTS," == *",$1,"* ]]; }
+
+install_python() {
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    local stamp="$HERE/.stamp-python" want
+    want=$(cat "$HERE/python/requirements.txt"; python3 --version)
+    if [ -x "$HERE/.venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+    rm -rf "$HERE/.venv"
+    if ! python3 -m venv "$HERE/.venv" >/dev/null 2>&1; then
+        rm -rf "$HERE/.venv"
+        apt_install python3-venv
+        python3 -m venv "$HERE/.venv"
+    fi
+    log "pip install into .venv"
+    "$HERE/.venv/bin/pip" install -q --disable-pip-version-check -r "$HERE/python/requirements.txt"
+    echo "$want" >"$stamp"
+}
+
+install_node() {
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    local stamp="$HERE/.stamp-node" want
+    want=$(cat "$HERE/node/package-lock.json"; node --version)
+    if [ -d "$HERE/node/node_modules" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+    log "npm ci"
+    (cd "$HERE/node" && npm ci --no-audit --no-fund --silent)
+    echo "$want" >"$stamp"
+}
+
+install_rabbitmq() {
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
+    # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
+    local policy_added=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        policy_added=1
+    fi
+    apt_install rabbitmq-server || true
+    [ $policy_added = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { log "rabbitmq-server did not install"; exit 1; }
+}
+
+{ needs pika || needs aio-pika; } && install_python
+# report.py needs a Python even when no Python client runs.
+[ -x "$HERE/.venv/bin/python" ] || install_python
+needs amqplib && install_node
+
+# --- broker ----------------------------------------------------------------------------------
+
+if [ "$AGAINST" = rabbitmq ]; then
+    install_rabbitmq
+    d="$WORK/rabbit"
+    mkdir -p "$d/log" "$d/mnesia"
+    echo '[].' >"$d/enabled_plugins"
+    printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users.guest = true\n' "$RABBIT_PORT" \
+        >"$d/rabbitmq.conf"
+    port_open "$RABBIT_PORT" && { log "port $RABBIT_PORT is taken"; exit 1; }
+    VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')
+    log "starting RabbitMQ $VERSION on 127.0.0.1:$RABBIT_PORT"
+    rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/stdout" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$RABBIT_PORT" "$BROKER_PID" rabbitmq || { tail -20 "$d/stdout" >&2; exit 1; }
+    PORT=$RABBIT_PORT
+    BROKER="RabbitMQ $VERSION (Debian package)"
+    REPORT="$HERE/report-rabbitmq.md"
+else
+    log "cargo build --release -p warren-broker"
+    (cd "$ROOT" && cargo build --release -q -p warren-broker)
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    log "starting Warren on 127.0.0.1:$PORT"
+    WARREN_LOG=warn "$ROOT/target/release/warren" --listen "127.0.0.1:$PORT" \
+        --data-dir "$WORK/warren-data" >"$WORK/warren.log" 2>&1 &
+    BROKER_PID=$!
+    wait_port "$PORT" "$BROKER_PID" warren || { tail -20 "$WORK/warren.log" >&2; exit 1; }
+    BROKER="Warren $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    REPORT="$HERE/report.md"
+fi
+export AMQP_URL="amqp://guest:guest@127.0.0.1:$PORT/%2f"
+
+# --- drivers ---------------------------------------------------------------------------------
+
+driver() {
+    case "$1" in
+        pika) echo "$HERE/.venv/bin/python $HERE/python/pika_driver.py" ;;
+        aio-pika) echo "$HERE/.venv/bin/python $HERE/python/aio_pika_driver.py" ;;
+        amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
+        *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
+    esac
+}
+
+# Runs "$2..." for every client in parallel, stdout to $WORK/<client>.$1.jsonl.
+each_client() {
+    local phase=$1; shift
+    local pids=() c
+    for c in ${CLIENTS//,/ }; do
+        # shellcheck disable=SC2046
+        timeout -k 5 "$DRIVER_TIMEOUT" $(driver "$c") "$@" \
+            >"$WORK/$c.$phase.jsonl" 2>"$WORK/$c.$phase.err" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || true; done
+}
+
+log "scenarios: $CLIENTS against $BROKER on 127.0.0.1:$PORT"
+each_client scenarios --mode scenarios
+log "cross-client: publish"
+each_client cross-publish --mode cross-publish --peers "$CLIENTS"
+log "cross-client: consume"
+each_client cross-consume --mode cross-consume --peers "$CLIENTS"
+
+# --- report ----------------------------------------------------------------------------------
+
+status=0
+"$HERE/.venv/bin/python" "$HERE/report.py" --results "$WORK"/*.jsonl --clients "$CLIENTS" \
+    --broker "$BROKER" --seconds "$(( $(date +%s) - START ))" >"$REPORT" || status=$?
+cat "$REPORT"
+if [ $status != 0 ]; then
+    log "failures; driver stderr is in $WORK (kept)"
+    KEEP_WORK=1
+fi
+exit $status
