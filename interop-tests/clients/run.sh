@@ -2,10 +2,11 @@
 # Real RabbitMQ client libraries against Warren (or, with --against-rabbitmq, against RabbitMQ
 # from Debian's packages, to prove each expectation is RabbitMQ's behaviour).
 #
-# usage: interop-tests/clients/run.sh [--against-rabbitmq] [--clients pika,aio-pika,amqplib]
+# usage: interop-tests/clients/run.sh [--against-rabbitmq] [--clients pika,aio-pika,amqplib,amqp091-go]
 #
 # Installs what it needs on a fresh Debian machine as root (apt-get only for what is missing;
-# Python packages into interop-tests/clients/.venv; npm packages from node/package-lock.json),
+# Python packages into interop-tests/clients/.venv; npm packages from node/package-lock.json;
+# Go from Debian's golang packages, built offline in GOPATH mode),
 # builds and starts the broker on 127.0.0.1, runs every client's driver in parallel (each
 # names its queues and exchanges after itself), then the cross-client matrix, and prints one
 # report, also written to report.md (report-rabbitmq.md with --against-rabbitmq). Exits
@@ -14,7 +15,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -131,6 +132,18 @@ install_node() {
     echo "$want" >"$stamp"
 }
 
+# amqp091-go from Debian's package, whose sources are in /usr/share/gocode: built in GOPATH
+# mode with no module proxy, so nothing is fetched.
+GO_SRC=/usr/share/gocode/src/github.com/rabbitmq/amqp091-go
+install_go() {
+    { command -v go >/dev/null && [ -d "$GO_SRC" ]; } \
+        || apt_install golang-go golang-github-rabbitmq-amqp091-go-dev
+    log "go build amqp091_driver"
+    mkdir -p "$HERE/.go"
+    (cd "$HERE/go" && env GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOFLAGS= \
+        GOCACHE="$HERE/.go/cache" go build -o "$HERE/.go/amqp091_driver" amqp091_driver.go)
+}
+
 install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
     # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
@@ -149,6 +162,7 @@ install_rabbitmq() {
 # report.py needs a Python even when no Python client runs.
 [ -x "$HERE/.venv/bin/python" ] || install_python
 needs amqplib && install_node
+needs amqp091-go && install_go
 
 # --- broker ----------------------------------------------------------------------------------
 
@@ -181,6 +195,7 @@ else
     REPORT="$HERE/report.md"
 fi
 export AMQP_URL="amqp://guest:guest@127.0.0.1:$PORT/%2f"
+export SCENARIOS_JSON="$HERE/scenarios.json"
 
 # --- drivers ---------------------------------------------------------------------------------
 
@@ -189,6 +204,7 @@ driver() {
         pika) echo "$HERE/.venv/bin/python $HERE/python/pika_driver.py" ;;
         aio-pika) echo "$HERE/.venv/bin/python $HERE/python/aio_pika_driver.py" ;;
         amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
+        amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
 }
