@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace suite, then real client libraries in other languages
+# (which installs its Python, Node and Go clients itself on first use; see
+# interop-tests/clients/run.sh). Exits non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "== Rust workspace: unit, property, interop (lapin, raw sockets) and durability tests"
+cargo test --workspace
+
+echo "== real clients against Warren (pika, aio-pika, amqplib, amqp091-go)"
+bash interop-tests/clients/run.sh
