@@ -185,7 +185,7 @@ start_rabbitmq() {
 
 # Starts Warren in the background on its data directory (kept across restarts).
 launch_warren() {
-    WARREN_LOG=warn "${WARREN_BIN:-$ROOT/target/release/warren}" --listen "127.0.0.1:$WARREN_PORT" \
+    WARREN_LOG=warn "$WORK/bin/warren" --listen "127.0.0.1:$WARREN_PORT" \
         --data-dir "$WORK/warren-data" >>"$WORK/warren.log" 2>&1 &
     WARREN_PID=$!
 }
@@ -201,7 +201,9 @@ start_warren() {
 
 # --- Runs ------------------------------------------------------------------------------------
 
-LOAD="$ROOT/target/release/warren-load"
+# Copied into $WORK after the build (snapshot_binaries): other work in the same tree may
+# rebuild target/release during a run, and a restarted broker must be the same build.
+LOAD="$WORK/bin/warren-load"
 
 # Percentage of all cores busy over one second, from /proc/stat.
 machine_busy_pct() {
@@ -230,7 +232,7 @@ wait_quiet() {
 run_one() {
     local broker=$1 scenario=$2 round=$3 port pid out
     if [ "$broker" = warren ]; then port=$WARREN_PORT pid=$WARREN_PID; else port=$RABBIT_PORT pid=$RABBIT_PID; fi
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+    if [ -z "$pid" ] || proc_gone "$pid"; then
         log "$broker is not running: skipping $scenario"
         return 0
     fi
@@ -286,14 +288,20 @@ fi
 count_syncs() {
     local pid=$1 out=$2
     sleep "$WARMUP"
-    perf stat -x, -o "$out" -e "$SYNC_EVENTS" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1
+    # task-clock rides along: without a non-tracepoint event in the list, perf 6.1 sometimes
+    # reports the tracepoints as "<not counted>" for a process attached with -p.
+    perf stat -x, -o "$out" -e "task-clock,$SYNC_EVENTS" -p "$pid" -- sleep "$DURATION" >/dev/null 2>&1
 }
 
 # sync_result FILE RUN-OUTPUT: a line for the run's output with fsyncs/s and messages confirmed
 # (or, without confirms, published) per fsync, as "RESULT" keys.
 sync_result() {
     local file=$1 out=$2 syncs per_s msgs
-    [ -s "$file" ] || { printf '\nfsyncs: perf gave no counts'; return 0; }
+    [ -s "$file" ] || { printf '\nfsyncs:    perf gave no counts'; return 0; }
+    if grep 'syscalls:' "$file" | grep -qv '^[0-9]'; then
+        printf '\nfsyncs:    perf did not count: %s' "$(grep 'syscalls:' "$file" | tr '\n' ' ')"
+        return 0
+    fi
     syncs=$(awk -F, '/syscalls:/ { n += $1 } END { print n + 0 }' "$file")
     per_s=$(awk -v n="$syncs" -v d="$DURATION" 'BEGIN { printf "%.1f", n / d }')
     msgs=$(echo "$out" | grep '^RESULT ' | tr ' ' '\n' | awk -F= '
@@ -308,7 +316,12 @@ sync_result() {
 
 BACKLOG_QUEUE=warren-backlog
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo -1; }
+# Resident memory of a process in MiB, -1 if it has none (gone, or a zombie).
+rss_mib() {
+    local kib
+    kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true)
+    if [ -n "$kib" ]; then echo $((kib / 1024)); else echo -1; fi
+}
 
 # True once a process has exited (a zombie child of this shell counts as exited).
 proc_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
@@ -331,7 +344,7 @@ run_backlog() {
     all=$out
     sleep 5
     all="$all
-RESULT rss_sit_mib=$(($(rss_kib "$pid") / 1024))"
+RESULT rss_sit_mib=$(rss_mib "$pid")"
 
     log "round $round: backlog on $broker: restart"
     t0=$(now_ns)
@@ -346,8 +359,10 @@ RESULT rss_sit_mib=$(($(rss_kib "$pid") / 1024))"
     wait "$pid" 2>/dev/null || true
     stop_ms=$(ms_between "$t0" "$t1")
     t0=$(now_ns)
-    if [ "$broker" = warren ]; then launch_warren; else launch_rabbitmq; fi
-    out=$(timeout 900 "$LOAD" "${common[@]}" --scenario ready --since-ns "$t0" --timeout 850 2>&1) \
+    local watch
+    if [ "$broker" = warren ]; then launch_warren; watch=$WARREN_PID; else launch_rabbitmq; watch=$RABBIT_LAUNCHER; fi
+    out=$(timeout 900 "$LOAD" "${common[@]}" --scenario ready --since-ns "$t0" --timeout 850 \
+        --broker-pid "$watch" 2>&1) \
         || log "$broker did not answer after the restart (see $LOG)"
     if [ "$broker" = warren ]; then
         pid=$WARREN_PID
@@ -359,7 +374,7 @@ RESULT rss_sit_mib=$(($(rss_kib "$pid") / 1024))"
     all="$all
 stopped ${stop_ms} ms after SIGTERM
 $out
-RESULT stop_ms=$stop_ms rss_restart_mib=$(($(rss_kib "$pid") / 1024))"
+RESULT stop_ms=$stop_ms rss_restart_mib=$(rss_mib "$pid")"
 
     log "round $round: backlog on $broker: drain"
     out=$(timeout 1800 "$LOAD" "${common[@]}" --scenario drain --broker-pid "$pid" --timeout 1700 2>&1) \
@@ -371,11 +386,15 @@ $out"
 install_rabbitmq
 log "building (release): warren-load$([ $RABBIT_ONLY = 0 ] && [ -z "${WARREN_BIN:-}" ] && echo ' and warren')"
 cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-benches
+mkdir -p "$WORK/bin"
+cp "$ROOT/target/release/warren-load" "$LOAD"
 HAVE_WARREN=0
 if [ $RABBIT_ONLY = 0 ] && [ -n "${WARREN_BIN:-}" ]; then
+    cp "$WARREN_BIN" "$WORK/bin/warren"
     start_warren && HAVE_WARREN=1
 elif [ $RABBIT_ONLY = 0 ]; then
     if cargo build --release -q --manifest-path "$ROOT/Cargo.toml" -p warren-broker 2>"$WORK/build-warren.log"; then
+        cp "$ROOT/target/release/warren" "$WORK/bin/warren"
         start_warren && HAVE_WARREN=1
     else
         log "Warren does not build: running RabbitMQ only"

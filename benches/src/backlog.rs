@@ -45,6 +45,17 @@ fn wait_until(shared: &Shared, limit: Duration, done: impl Fn() -> bool) -> bool
     true
 }
 
+/// Whether a process is gone or a zombie (a broker started by a shell that has not reaped it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
 /// Publishes `--count` messages to a new (durable, with `--persistent`) queue with no
 /// consumer, and returns once all are confirmed. The queue stays.
 pub fn fill(args: &Args) -> Outcome {
@@ -118,7 +129,8 @@ pub fn fill(args: &Args) -> Outcome {
 }
 
 /// Tries to connect and shake hands until it works (the broker is starting), then reads the
-/// queue's message count with a passive declare.
+/// queue's message count with a passive declare. With `--broker-pid` (the process just
+/// started, or a launcher that lives as long as it) it gives up as soon as that process exits.
 pub fn ready(args: &Args) -> Outcome {
     let name = queue(args);
     let since = args
@@ -139,6 +151,11 @@ pub fn ready(args: &Args) -> Outcome {
                 return Err(Box::new(ClientError::Protocol(format!(
                     "no handshake within {} s ({attempts} attempts): {e}",
                     args.timeout
+                ))));
+            }
+            Err(e) if args.broker_pid.is_some_and(exited) => {
+                return Err(Box::new(ClientError::Protocol(format!(
+                    "the broker process exited while starting ({attempts} attempts): {e}"
                 ))));
             }
             Err(_) => {}

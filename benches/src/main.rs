@@ -108,7 +108,8 @@ struct Args {
     /// Most messages one publisher writes per socket write.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// PID of the broker process, to report its CPU time per message.
+    /// PID of the broker process, to report its CPU time per message (ready: to notice that
+    /// the starting broker exited).
     #[arg(long)]
     broker_pid: Option<u32>,
     /// Name of the broker in the RESULT line.
