@@ -412,3 +412,41 @@ pub(crate) fn wait(shared: &Shared, d: Duration) {
         thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_args_send_integers_as_long_longs_and_the_rest_as_strings() {
+        let args = Args::parse_from([
+            "warren-load",
+            "--queue-type",
+            "quorum",
+            "--queue-arg",
+            "x-max-length=10",
+            "--queue-arg",
+            "x-queue-mode=lazy",
+        ]);
+        let table = args.queue_arguments();
+        let get = |k: &str| table.inner().get(k).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(10)));
+        assert_eq!(
+            get("x-queue-mode"),
+            Some(AMQPValue::LongString("lazy".into()))
+        );
+        assert!(args.durable_queues(), "quorum queues are always durable");
+    }
+
+    #[test]
+    fn a_queue_name_is_used_as_is_for_one_queue_and_numbered_for_several() {
+        let one = Args::parse_from(["warren-load", "--queue-name", "q"]);
+        assert_eq!(one.queue_names(), vec!["q"]);
+        let two = Args::parse_from(["warren-load", "--queue-name", "q", "--queues", "2"]);
+        assert_eq!(two.queue_names(), vec!["q-0", "q-1"]);
+    }
+}
