@@ -15,7 +15,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -144,6 +144,11 @@ install_go() {
         GOCACHE="$HERE/.go/cache" go build -o "$HERE/.go/amqp091_driver" amqp091_driver.go)
 }
 
+# Bunny from Debian's ruby-bunny.
+install_ruby() {
+    { command -v ruby >/dev/null && ruby -e 'require "bunny"' 2>/dev/null; } || apt_install ruby ruby-bunny
+}
+
 install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
     # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
@@ -163,6 +168,7 @@ install_rabbitmq() {
 [ -x "$HERE/.venv/bin/python" ] || install_python
 needs amqplib && install_node
 needs amqp091-go && install_go
+needs bunny && install_ruby
 
 # --- broker ----------------------------------------------------------------------------------
 
@@ -205,6 +211,7 @@ driver() {
         aio-pika) echo "$HERE/.venv/bin/python $HERE/python/aio_pika_driver.py" ;;
         amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
         amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
+        bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
 }
