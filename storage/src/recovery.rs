@@ -39,6 +39,7 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
     }
 
     // Every message id the index references, sorted, with repeats.
+    let started = std::time::Instant::now();
     let mut referenced = Vec::new();
     let mut transient = 0u64;
     for guard in ks.index.iter() {
@@ -72,6 +73,7 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
     // Walk stored messages and referenced ids together, both in id order: a message nobody
     // references is an orphan (a crash between a publish and its enqueues can leave one); an
     // id with no message means index entries to drop.
+    let index_ms = started.elapsed().as_millis() as u64;
     let mut orphans = 0u64;
     let mut max_id = None;
     let mut wanted = distinct.iter().copied().peekable();
@@ -95,6 +97,7 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
         }
     }
     dangling.extend(wanted);
+    let distinct_count = distinct.len();
     drop(distinct);
 
     if !dangling.is_empty() {
@@ -111,6 +114,12 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
             "dropped queue index entries whose message is missing"
         );
     }
+    tracing::debug!(
+        index_scan_ms = index_ms,
+        message_scan_ms = started.elapsed().as_millis() as u64 - index_ms,
+        entries = distinct_count,
+        "store recovery scans"
+    );
     if orphans > 0 {
         tracing::info!(orphans, "removed messages no queue references");
     }

@@ -95,6 +95,7 @@ impl Store {
         })?;
         // fjall decodes its own files with a few `expect`s; a damaged directory must still be
         // an error, not a crashed broker.
+        let started = std::time::Instant::now();
         let opened = catch_unwind(AssertUnwindSafe(|| open_database(&path)));
         let (db, ks) = match opened {
             Ok(result) => result?,
@@ -106,7 +107,14 @@ impl Store {
             }
         };
 
+        let opened_ms = started.elapsed().as_millis() as u64;
         let recovered = crate::recovery::recover(&db, &ks)?;
+        tracing::info!(
+            path = %path.display(),
+            open_ms = opened_ms,
+            recovery_ms = started.elapsed().as_millis() as u64 - opened_ms,
+            "message store open"
+        );
 
         let counters = Arc::new(Counters::default());
         let (sender, receiver) = mpsc::channel();
