@@ -15,7 +15,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -149,6 +149,13 @@ install_ruby() {
     { command -v ruby >/dev/null && ruby -e 'require "bunny"' 2>/dev/null; } || apt_install ruby ruby-bunny
 }
 
+# php-amqplib from Debian's php-amqplib (autoloader in /usr/share/php/PhpAmqpLib); pcntl,
+# which php-cli has built in, drives its heartbeats on an idle connection.
+install_php() {
+    { command -v php >/dev/null && [ -f /usr/share/php/PhpAmqpLib/autoload.php ]; } \
+        || apt_install php-cli php-amqplib
+}
+
 install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
     # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
@@ -169,6 +176,7 @@ install_rabbitmq() {
 needs amqplib && install_node
 needs amqp091-go && install_go
 needs bunny && install_ruby
+needs php-amqplib && install_php
 
 # --- broker ----------------------------------------------------------------------------------
 
@@ -212,6 +220,7 @@ driver() {
         amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
         amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
+        php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
 }

@@ -43,8 +43,31 @@ def norm(v)
   end
 end
 
-# true and 1 differ (Ruby's == already keeps them apart).
+# amq-protocol 2.3.2 (under Bunny 2.19) decodes field type 'I' (signed 32-bit) as unsigned, so
+# a negative int32 header another client wrote as 'I' reads back as value + 2**32. Those
+# differences are collected apart: the client cannot read such a value, which is a skip.
+UNSIGNED_ARTIFACTS = []
+
+def same_value(want, got, path)
+  case want
+  when Hash
+    got.is_a?(Hash) && want.keys.sort == got.keys.sort && want.all? { |k, v| same_value(v, got[k], "#{path}.#{k}") }
+  when Array
+    got.is_a?(Array) && want.size == got.size && want.each_index.all? { |i| same_value(want[i], got[i], "#{path}[#{i}]") }
+  when Integer
+    return true if got == want
+    if got.is_a?(Integer) && want.negative? && want >= -2**31 && got == want + 2**32
+      UNSIGNED_ARTIFACTS << "#{path}: #{want} read as #{got}"
+      return true
+    end
+    false
+  else
+    want == got # true and 1 differ (Ruby's == keeps them apart)
+  end
+end
+
 def compare_canonical(body, props)
+  UNSIGNED_ARTIFACTS.clear
   diffs = []
   diffs << "body #{body.inspect}" if body.b != CANON["body"].b
   CANON["properties"].each do |k, want|
@@ -54,7 +77,11 @@ def compare_canonical(body, props)
   got_h = norm(props[:headers] || {})
   (CANON["headers"].keys | got_h.keys).sort.each do |k|
     w, g = CANON["headers"].fetch(k, "<missing>"), got_h.fetch(k, "<missing>")
-    diffs << "header #{k}: got #{g.inspect}, want #{w.inspect}" unless w == g
+    diffs << "header #{k}: got #{g.inspect}, want #{w.inspect}" unless same_value(w, g, "header #{k}")
+  end
+  if diffs.empty? && !UNSIGNED_ARTIFACTS.empty?
+    raise Skip, "amq-protocol #{AMQ::Protocol::VERSION} decodes signed 32-bit field type 'I' as unsigned " \
+                "(#{UNSIGNED_ARTIFACTS.join('; ')}); everything else unchanged"
   end
   diffs
 end
