@@ -15,7 +15,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -156,6 +156,20 @@ install_php() {
         || apt_install php-cli php-amqplib
 }
 
+# RabbitMQ Java client 5.x from Debian's librabbitmq-client-java (slf4j from libslf4j-java),
+# compiled with the JDK's javac.
+JAVA_CP=/usr/share/java/amqp-client.jar:/usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-nop.jar
+install_java() {
+    { command -v javac >/dev/null && [ -f /usr/share/java/amqp-client.jar ] \
+        && [ -f /usr/share/java/slf4j-nop.jar ]; } \
+        || apt_install default-jdk-headless librabbitmq-client-java libslf4j-java
+    log "javac JavaClientDriver"
+    rm -rf "$HERE/.java" && mkdir -p "$HERE/.java"
+    javac -nowarn -encoding UTF-8 -d "$HERE/.java" -cp "$JAVA_CP" "$HERE/java/JavaClientDriver.java" 2>&1 \
+        | grep -v '^Note:' >&2 || true
+    [ -f "$HERE/.java/JavaClientDriver.class" ] || { log "javac failed"; exit 1; }
+}
+
 install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
     # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
@@ -177,6 +191,7 @@ needs amqplib && install_node
 needs amqp091-go && install_go
 needs bunny && install_ruby
 needs php-amqplib && install_php
+needs java-client && install_java
 
 # --- broker ----------------------------------------------------------------------------------
 
@@ -221,6 +236,7 @@ driver() {
         amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
+        java-client) echo "java -cp $HERE/.java:$JAVA_CP JavaClientDriver" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
 }
