@@ -15,7 +15,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -187,7 +187,7 @@ install_rabbitmq() {
 { needs pika || needs aio-pika; } && install_python
 # report.py needs a Python even when no Python client runs.
 [ -x "$HERE/.venv/bin/python" ] || install_python
-needs amqplib && install_node
+{ needs amqplib || needs rascal; } && install_node
 needs amqp091-go && install_go
 needs bunny && install_ruby
 needs php-amqplib && install_php
@@ -233,6 +233,7 @@ driver() {
         pika) echo "$HERE/.venv/bin/python $HERE/python/pika_driver.py" ;;
         aio-pika) echo "$HERE/.venv/bin/python $HERE/python/aio_pika_driver.py" ;;
         amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
+        rascal) echo "node $HERE/node/rascal_driver.js" ;;
         amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
