@@ -539,6 +539,9 @@ const scenarios = {
 
 // --- cross-client ------------------------------------------------------------------------
 
+// Cross-client queues must not be purged when rascal asserts them.
+const keepQ = () => ({ options: { durable: false } });
+
 const crossQueue = (publisher, consumer) =>
   SPEC.cross_client.queue.replace('{publisher}', publisher).replace('{consumer}', consumer);
 
@@ -547,7 +550,7 @@ async function crossPublish(consumers) {
   const publications = {};
   for (const c of consumers) {
     const qn = crossQueue(CLIENT, c);
-    queues[qn] = q(qn);
+    queues[qn] = keepQ();
     publications[c] = pubToQueue(qn);
   }
   const broker = await makeBroker({ queues, publications });
@@ -561,7 +564,7 @@ async function crossPublish(consumers) {
 
 async function crossConsume(publisher) {
   const qn = crossQueue(publisher, CLIENT);
-  const broker = await makeBroker({ queues: { [qn]: q(qn) }, subscriptions: { s: { queue: qn } } });
+  const broker = await makeBroker({ queues: { [qn]: keepQ() }, subscriptions: { s: { queue: qn } } });
   try {
     const sub = await collect(broker, 's');
     await waitFor(() => sub.got.length >= 1, 5000);
