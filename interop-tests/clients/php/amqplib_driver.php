@@ -533,30 +533,38 @@ function emit($scenario, $status, $detail, $extra = [])
     echo json_encode($line, JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_INVALID_UTF8_SUBSTITUTE), "\n";
 }
 
-// No per-scenario alarm (SIGALRM belongs to the heartbeat sender): every wait above is bounded,
-// and run.sh bounds the whole driver.
-function run($scenario, $fn, $extra = [])
+class Timeout extends Exception {}
+
+// Each scenario is bounded by SIGALRM. heartbeat_idle hands SIGALRM to the heartbeat sender
+// for its idle phase; its other waits are bounded, and run.sh bounds the whole driver.
+function run($scenario, $fn, $timeout, $extra = [])
 {
+    pcntl_async_signals(true);
+    pcntl_signal(SIGALRM, function () { throw new Timeout('scenario timed out'); });
+    pcntl_alarm((int)ceil($timeout));
     try {
         emit($scenario, 'pass', $fn(), $extra);
     } catch (Skip $e) {
         emit($scenario, 'skip', $e->getMessage(), $extra);
     } catch (Throwable $e) {
         emit($scenario, 'fail', get_class($e) . ': ' . $e->getMessage(), $extra);
+    } finally {
+        pcntl_alarm(0);
     }
 }
 
 $opts = getopt('', ['mode:', 'peers:', 'only:']);
 $mode = $opts['mode'] ?? 'scenarios';
 $peers = array_values(array_filter(explode(',', $opts['peers'] ?? '')));
+$crossTimeout = $SPEC['cross_client']['timeout_s'];
 if ($mode === 'cross-publish') {
-    run('cross_publish', fn() => cross_publish($peers));
+    run('cross_publish', fn() => cross_publish($peers), $crossTimeout);
 } elseif ($mode === 'cross-consume') {
-    foreach ($peers as $pub) run('cross', fn() => cross_consume($pub), ['publisher' => $pub]);
+    foreach ($peers as $pub) run('cross', fn() => cross_consume($pub), $crossTimeout, ['publisher' => $pub]);
 } else {
     $only = array_values(array_filter(explode(',', $opts['only'] ?? '')));
     foreach ($SPEC['scenarios'] as $sc) {
         if ($only && !in_array($sc['id'], $only, true)) continue;
-        run($sc['id'], fn() => $S[$sc['id']]($sc['params']));
+        run($sc['id'], fn() => $S[$sc['id']]($sc['params']), $sc['timeout_s']);
     }
 }
