@@ -6,7 +6,8 @@
 #
 # Installs what it needs on a fresh Debian machine as root (apt-get only for what is missing;
 # Python packages into interop-tests/clients/.venv; npm packages from node/package-lock.json;
-# Go from Debian's golang packages, built offline in GOPATH mode),
+# Go from Debian's golang packages, built offline in GOPATH mode; Bunny, php-amqplib and the
+# RabbitMQ Java client (compiled with javac) from Debian's packages),
 # builds and starts the broker on 127.0.0.1, runs every client's driver in parallel (each
 # names its queues and exchanges after itself), then the cross-client matrix, and prints one
 # report, also written to report.md (report-rabbitmq.md with --against-rabbitmq). Exits
