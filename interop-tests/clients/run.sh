@@ -16,7 +16,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal,rabbitmq-c
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -190,6 +190,7 @@ install_rabbitmq() {
 [ -x "$HERE/.venv/bin/python" ] || install_python
 { needs amqplib || needs rascal; } && install_node
 needs amqp091-go && install_go
+needs rabbitmq-c && { command -v amqp-publish >/dev/null || apt_install amqp-tools; }
 needs bunny && install_ruby
 needs php-amqplib && install_php
 needs java-client && install_java
@@ -236,6 +237,7 @@ driver() {
         amqplib) echo "node $HERE/node/amqplib_driver.js" ;;
         rascal) echo "node $HERE/node/rascal_driver.js" ;;
         amqp091-go) echo "$HERE/.go/amqp091_driver" ;;
+        rabbitmq-c) echo "bash $HERE/c/rabbitmq_c_driver.sh" ;;
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
         java-client) echo "java -cp $HERE/.java:$JAVA_CP JavaClientDriver" ;;
