@@ -12,6 +12,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# Clients with their own checks instead of the scenario list (not in the cross-client matrix).
+EXTRA_CHECKS = {"celery": ["celery_1000_tasks", "celery_retry"]}
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -19,7 +22,9 @@ def main():
     ap.add_argument("--clients", required=True)
     ap.add_argument("--broker", required=True)
     ap.add_argument("--seconds", default="")
+    ap.add_argument("--extra", default="", help="clients with their own checks, e.g. celery")
     args = ap.parse_args()
+    extra = [c for c in args.extra.split(",") if c]
     clients = [c for c in args.clients.split(",") if c]
     with open(os.path.join(HERE, "scenarios.json"), encoding="utf-8") as f:
         spec = json.load(f)
@@ -55,7 +60,7 @@ def main():
 
     missing = {"status": "fail", "detail": "no result (driver crashed or timed out)"}
     counts = {"pass": 0, "fail": 0, "skip": 0}
-    notes = []
+    notes, passes = [], []
     out = [f"# Client interop report", "",
            f"Broker: {args.broker}" + (f"; run took {args.seconds} s" if args.seconds else ""),
            "", "## Scenarios", "",
@@ -88,6 +93,16 @@ def main():
             if r["status"] != "pass":
                 notes.append(f"- {r['status']}: published by {pub}, read by {con}: {r['detail']}")
         out.append(f"| {pub} | " + " | ".join(cells) + " |")
+
+    if extra:
+        out += ["", "## Other checks", "", "| client | check | status |", "| --- | --- | --- |"]
+        for c in extra:
+            for check in EXTRA_CHECKS.get(c, []):
+                r = results.get((c, check), missing)
+                counts[r["status"]] += 1
+                out.append(f"| {c} | {check} | {r['status']} |")
+                note = f"- {r['status']}: {c} / {check}: {r['detail']}"
+                (notes.append(note) if r["status"] != "pass" else passes.append(note))
 
     if notes:
         out += ["", "## Fails and skips", ""] + notes

@@ -16,7 +16,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal,rabbitmq-c
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal,rabbitmq-c,celery
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
@@ -185,7 +185,7 @@ install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || { log "rabbitmq-server did not install"; exit 1; }
 }
 
-{ needs pika || needs aio-pika; } && install_python
+{ needs pika || needs aio-pika || needs celery; } && install_python
 # report.py needs a Python even when no Python client runs.
 [ -x "$HERE/.venv/bin/python" ] || install_python
 { needs amqplib || needs rascal; } && install_node
@@ -241,6 +241,7 @@ driver() {
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
         java-client) echo "java -cp $HERE/.java:$JAVA_CP JavaClientDriver" ;;
+        celery) echo "$HERE/.venv/bin/python $HERE/python/celery_driver.py" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
 }
@@ -249,7 +250,7 @@ driver() {
 each_client() {
     local phase=$1; shift
     local pids=() c
-    for c in ${CLIENTS//,/ }; do
+    for c in ${MATRIX//,/ }; do
         # shellcheck disable=SC2046
         timeout -k 5 "$DRIVER_TIMEOUT" $(driver "$c") "$@" \
             >"$WORK/$c.$phase.jsonl" 2>"$WORK/$c.$phase.err" &
@@ -258,17 +259,28 @@ each_client() {
     for p in "${pids[@]}"; do wait "$p" || true; done
 }
 
+# Celery is no scenario driver: it runs its own checks (a real worker, 1,000 tasks, a retry)
+# alongside the scenarios and stays out of the cross-client matrix.
+MATRIX=$(echo ",$CLIENTS," | sed 's/,celery,/,/; s/^,//; s/,$//')
+CELERY_PID=""
+if needs celery; then
+    CELERY_WORKER_LOG="$WORK/celery.worker.log" timeout -k 5 "$DRIVER_TIMEOUT" $(driver celery) \
+        >"$WORK/celery.checks.jsonl" 2>"$WORK/celery.checks.err" &
+    CELERY_PID=$!
+fi
 log "scenarios: $CLIENTS against $BROKER on 127.0.0.1:$PORT"
 each_client scenarios --mode scenarios
+[ -n "$CELERY_PID" ] && { wait "$CELERY_PID" || true; }
 log "cross-client: publish"
-each_client cross-publish --mode cross-publish --peers "$CLIENTS"
+each_client cross-publish --mode cross-publish --peers "$MATRIX"
 log "cross-client: consume"
-each_client cross-consume --mode cross-consume --peers "$CLIENTS"
+each_client cross-consume --mode cross-consume --peers "$MATRIX"
 
 # --- report ----------------------------------------------------------------------------------
 
 status=0
-"$HERE/.venv/bin/python" "$HERE/report.py" --results "$WORK"/*.jsonl --clients "$CLIENTS" \
+"$HERE/.venv/bin/python" "$HERE/report.py" --results "$WORK"/*.jsonl --clients "$MATRIX" \
+    $(needs celery && echo --extra celery) \
     --broker "$BROKER" --seconds "$(( $(date +%s) - START ))" >"$REPORT" || status=$?
 cat "$REPORT"
 if [ $status != 0 ]; then
