@@ -283,6 +283,9 @@ status=0
     $(needs celery && echo --extra celery) \
     --broker "$BROKER" --seconds "$(( $(date +%s) - START ))" >"$REPORT" || status=$?
 cat "$REPORT"
+# The README's "Works with" table, from the Warren report.
+[ "$AGAINST" = warren ] && { "$HERE/.venv/bin/python" "$HERE/works_with.py" --report "$REPORT" \
+    --out "$HERE/works-with.md" >/dev/null || log "works_with.py failed"; }
 if [ $status != 0 ]; then
     log "failures; driver stderr is in $WORK (kept)"
     KEEP_WORK=1
