@@ -13,7 +13,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Clients with their own checks instead of the scenario list (not in the cross-client matrix).
-EXTRA_CHECKS = {"celery": ["celery_1000_tasks", "celery_retry"]}
+EXTRA_CHECKS = {"celery": ["celery_1000_tasks", "celery_retry", "celery_restart"]}
 
 
 def main():

@@ -276,6 +276,37 @@ each_client cross-publish --mode cross-publish --peers "$MATRIX"
 log "cross-client: consume"
 each_client cross-consume --mode cross-consume --peers "$MATRIX"
 
+# Celery with the broker restarted in the middle: last, alone, since every other client would
+# lose its connection. The driver asks for the restart through a file and waits for the answer.
+restart_broker() {
+    if [ "$AGAINST" = rabbitmq ]; then
+        rabbit_env /usr/lib/rabbitmq/bin/rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1
+        stop_pid "$BROKER_PID"
+        rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >>"$WORK/rabbit/stdout" 2>&1 &
+    else
+        stop_pid "$BROKER_PID"
+        WARREN_LOG=warn "$ROOT/target/release/warren" --listen "127.0.0.1:$PORT" \
+            --data-dir "$WORK/warren-data" >>"$WORK/warren.log" 2>&1 &
+    fi
+    BROKER_PID=$!
+    wait_port "$PORT" "$BROKER_PID" broker
+}
+if needs celery; then
+    log "celery: broker restarted in the middle"
+    CELERY_RESTART_REQUEST="$WORK/celery.restart-request" CELERY_RESTART_DONE="$WORK/celery.restart-done" \
+        CELERY_WORKER_LOG="$WORK/celery.restart-worker.log" timeout -k 5 "$DRIVER_TIMEOUT" \
+        $(driver celery) --mode restart >"$WORK/celery.restart.jsonl" 2>"$WORK/celery.restart.err" &
+    celery_pid=$!
+    while kill -0 "$celery_pid" 2>/dev/null; do
+        if [ -e "$WORK/celery.restart-request" ] && [ ! -e "$WORK/celery.restart-done" ]; then
+            log "restarting the broker"
+            if restart_broker; then touch "$WORK/celery.restart-done"; else log "restart failed"; fi
+        fi
+        sleep 0.1
+    done
+    wait "$celery_pid" || true
+fi
+
 # --- report ----------------------------------------------------------------------------------
 
 status=0
