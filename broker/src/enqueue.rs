@@ -17,6 +17,8 @@ pub struct Enqueued {
     pub wrote: bool,
     /// Queues that refused it (full, with `x-overflow: reject-publish` or `-dlx`).
     pub refused: Vec<Arc<Queue>>,
+    /// The message, when some queue refused it (to dead-letter it from there).
+    pub message: Option<Arc<Message>>,
 }
 
 /// Holds `message` for enqueueing into every queue in `queues` (which is drained), with its
@@ -38,6 +40,9 @@ pub fn enqueue_routed(
         admitted
     });
     if queues.is_empty() {
+        if !outcome.refused.is_empty() {
+            outcome.message = Some(Arc::new(message));
+        }
         return outcome;
     }
     let persistent = message.properties.delivery_mode() == Some(2);
@@ -57,6 +62,9 @@ pub fn enqueue_routed(
         });
         batch.written(Arc::clone(&message));
         outcome.wrote = true;
+    }
+    if !outcome.refused.is_empty() {
+        outcome.message = Some(Arc::clone(&message));
     }
     let mut now = None;
     for queue in queues.drain(..) {

@@ -212,12 +212,6 @@ impl Channel {
                 self.requeue_all_unacked(ctx);
                 Ok(())
             }
-            B::Publish(p) => self.on_publish(amqp_codec::Publish {
-                exchange: bytes::Bytes::from(p.exchange.as_str().to_owned()),
-                routing_key: bytes::Bytes::from(p.routing_key.as_str().to_owned()),
-                mandatory: p.mandatory,
-                immediate: p.immediate,
-            }),
             other => Err(ProtocolError::command_invalid(format!(
                 "basic method {} is not sent by clients",
                 AMQPClass::Basic(other).get_amqp_method_id()

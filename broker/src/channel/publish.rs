@@ -334,28 +334,15 @@ impl Channel {
             // from memory; only persistent ones in durable queues survive a restart.
             let paging = ctx.vhost.memory().should_page();
             let message = message.into_message(None);
-            let body = message.body.clone();
-            let template = (
-                message.exchange.clone(),
-                message.routing_key.clone(),
-                message.properties.clone(),
-            );
             let outcome = enqueue_routed(message, &mut self.route_out, ctx.batch, paging);
             wrote = outcome.wrote;
             refused = !outcome.refused.is_empty();
-            for queue in outcome.refused {
-                if dead_letters_refused(&queue) {
-                    let (exchange, routing_key, properties) = template.clone();
+            if let Some(message) = outcome.message {
+                for queue in outcome.refused.iter().filter(|q| dead_letters_refused(q)) {
                     let letter = DeadLetter {
                         entry: QueueEntry {
                             seq: 0,
-                            message: Arc::new(Message::new(
-                                exchange,
-                                routing_key,
-                                properties,
-                                body.clone(),
-                                None,
-                            )),
+                            message: Arc::clone(&message),
                             redelivered: false,
                             delivery_count: 0,
                             persisted: false,
@@ -366,7 +353,7 @@ impl Channel {
                     };
                     dead_letter(
                         ctx.vhost,
-                        &queue,
+                        queue,
                         vec![letter],
                         ctx.batch,
                         &mut self.route_scratch,

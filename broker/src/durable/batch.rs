@@ -59,10 +59,6 @@ impl StoreBatch {
         self.ops.push(op);
     }
 
-    pub fn extend(&mut self, ops: impl IntoIterator<Item = WriteOp>) {
-        self.ops.extend(ops);
-    }
-
     pub fn ops_mut(&mut self) -> &mut Vec<WriteOp> {
         &mut self.ops
     }

@@ -29,7 +29,7 @@ use crate::connection::outbox::{Delivery, OutboxItem};
 use crate::error::{ProtocolError, ProtocolResult};
 use crate::memory::MemoryMonitor;
 use crate::message::{QueueEntry, now_ms};
-use crate::names::{ConsumerTag, QueueName};
+use crate::names::QueueName;
 use dead_letter::DeathReason;
 
 /// Connection that owns an exclusive queue.
@@ -171,10 +171,6 @@ impl Queue {
             unacked: st.unacked as u32,
             consumers: st.consumers.len() as u32,
         }
-    }
-
-    pub fn is_deleted(&self) -> bool {
-        self.lock().deleted
     }
 
     /// The position the next message will take.
@@ -379,17 +375,6 @@ impl Queue {
         self.memory.release(bytes);
     }
 
-    /// Drops from memory the bodies of tail messages whose writes have reached the disk.
-    pub fn page_out(&self) {
-        if self.store.is_none() {
-            return;
-        }
-        let mut st = self.lock();
-        let released = st.ready.page_out();
-        drop(st);
-        self.memory.release(released);
-    }
-
     /// Hands ready messages to consumers that have credit again.
     pub fn pump(self: &Arc<Self>) {
         let mut st = self.lock();
@@ -481,10 +466,6 @@ impl Queue {
         self.memory
             .release(entries.iter().map(|e| e.message.size()).sum());
         n.min(u64::from(u32::MAX)) as u32
-    }
-
-    pub fn has_consumer_tag(&self, tag: &ConsumerTag) -> bool {
-        self.lock().consumers.iter().any(|c| &c.tag == tag)
     }
 
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
