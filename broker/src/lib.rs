@@ -13,6 +13,7 @@ pub mod durable;
 pub mod enqueue;
 pub mod error;
 pub mod exchange;
+pub mod hash;
 pub mod memory;
 pub mod message;
 pub mod names;

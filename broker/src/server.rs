@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
+use crate::hash::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         .await
         .map_err(|e| BrokerError::Startup(format!("recovery did not finish: {e}")))??
     };
-    let vhosts = DashMap::new();
+    let vhosts = DashMap::default();
     vhosts.insert("/".to_string(), recovered);
     let state = Arc::new(BrokerState {
         users: UserStore::with_default_user(config.allow_guest_remote),

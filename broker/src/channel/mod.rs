@@ -9,7 +9,7 @@ mod publish;
 mod topology;
 mod unacked;
 
-use std::collections::HashMap;
+use crate::hash::HashMap;
 use std::sync::Arc;
 
 use amqp_codec::protocol::{AMQPClass, basic, channel, confirm, tx};
@@ -92,7 +92,7 @@ impl Channel {
             credit: Arc::new(ChannelCredit::default()),
             consumer_prefetch: 0,
             global_prefetch: 0,
-            consumers: HashMap::new(),
+            consumers: HashMap::default(),
             unacked: UnackedMap::default(),
             next_delivery_tag: 1,
             confirms: None,

@@ -11,7 +11,7 @@ mod handshake;
 pub mod outbox;
 mod writer;
 
-use std::collections::HashMap;
+use crate::hash::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ pub async fn serve(
             route_scratch: RouteScratch::default(),
             now: Instant::now(),
             outbox_items: Vec::new(),
-            channels: HashMap::new(),
+            channels: HashMap::default(),
             exclusive_queues: Vec::new(),
             to_pump: Vec::new(),
             published: false,

@@ -12,7 +12,7 @@
 //! A destination bound several times (same key with different arguments, or patterns that
 //! overlap) is routed to once per [`RoutingTable::route`] call, as RabbitMQ does.
 
-use std::collections::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::str::FromStr;
@@ -117,13 +117,13 @@ pub struct RoutingTable<D> {
 impl<D: Clone + Eq + Hash> RoutingTable<D> {
     pub fn new(kind: ExchangeKind) -> Self {
         let index = match kind {
-            ExchangeKind::Direct => Index::Direct(HashMap::new()),
+            ExchangeKind::Direct => Index::Direct(HashMap::default()),
             ExchangeKind::Fanout | ExchangeKind::Headers => Index::ByDestination,
             ExchangeKind::Topic => Index::Topic(TopicTrie::new()),
         };
         Self {
             kind,
-            by_destination: HashMap::new(),
+            by_destination: HashMap::default(),
             index,
             len: 0,
         }
@@ -318,7 +318,7 @@ fn dedup_tail<D: Clone + Eq + Hash>(out: &mut Vec<D>, start: usize) {
         return;
     }
     let tail = out.split_off(start);
-    let mut seen = HashSet::with_capacity(tail.len());
+    let mut seen = HashSet::with_capacity_and_hasher(tail.len(), Default::default());
     for d in tail {
         if !seen.contains(&d) {
             seen.insert(d.clone());

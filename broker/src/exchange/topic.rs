@@ -15,7 +15,7 @@
 //! `#`s. A routing key is walked in place (no split into a vector, no allocation); matching
 //! several bindings of one destination yields it several times, and the caller de-duplicates.
 
-use std::collections::HashMap;
+use crate::hash::HashMap;
 
 use super::routing::{add_ref, remove_ref};
 
@@ -39,7 +39,7 @@ struct Node<D> {
 impl<D> Default for Node<D> {
     fn default() -> Self {
         Self {
-            words: HashMap::new(),
+            words: HashMap::default(),
             star: None,
             hash: None,
             destinations: Vec::new(),

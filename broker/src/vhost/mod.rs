@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::hash::DashMap;
 use amqp_codec::{FieldTable, RawProperties};
-use dashmap::DashMap;
 
 use warren_storage::{MetaKind, WriteOp};
 
@@ -52,8 +52,8 @@ impl VHost {
     ) -> Self {
         let vhost = Self {
             name: Arc::from(name),
-            exchanges: DashMap::new(),
-            queues: DashMap::new(),
+            exchanges: DashMap::default(),
+            queues: DashMap::default(),
             memory,
             durability,
             queue_defaults,
