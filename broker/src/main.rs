@@ -6,6 +6,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use warren_broker::Config;
 
+// Messages are allocated by the publisher's connection task and freed by the consumer's, on
+// another thread: glibc's malloc spent ~8% of the broker's CPU on that (arena locks and
+// cross-thread frees), mimalloc's free lists handle it without locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = Config::parse();
     let filter = match EnvFilter::try_new(&config.log) {
