@@ -19,7 +19,7 @@ const FLAG_DELIVERED: u8 = 1;
 /// The entry exists only to keep a transient message's body out of memory; dropped at open.
 const FLAG_TRANSIENT: u8 = 0b10;
 pub(crate) const INDEX_KEY_LEN: usize = 16;
-const INDEX_VALUE_LEN: usize = 25;
+pub(crate) const INDEX_VALUE_LEN: usize = 25;
 
 /// Meta kind byte for the store's own records (format version, message id ceiling).
 const INTERNAL_KIND: u8 = 0xFF;

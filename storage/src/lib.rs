@@ -13,6 +13,7 @@
 
 mod codec;
 mod error;
+mod pending;
 mod recovery;
 mod store;
 mod writer;

@@ -11,8 +11,7 @@
 //! message written with one reference is deleted by its `Remove`; messages with more references
 //! have a count in `multi_refs` (the only per-message state kept in memory).
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +21,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, PersistMode};
 
 use crate::codec;
+use crate::pending::{Key, PendingBatch, Value};
 use crate::store::Keyspaces;
 use crate::{DurableCallback, MessageId, StorageError, StoreStats, WriteOp};
 
@@ -51,6 +51,13 @@ pub(crate) enum Work {
 }
 
 impl Submission {
+    fn op_count(&self) -> usize {
+        match &self.work {
+            Work::Ops(ops) => ops.len(),
+            _ => 1,
+        }
+    }
+
     fn weight(&self) -> (usize, usize) {
         match &self.work {
             Work::Ops(ops) => {
@@ -170,7 +177,7 @@ impl Writer {
 
     /// Writes the group as one batch and completes its callbacks.
     fn commit(&mut self, group: &mut Vec<Submission>) {
-        let outcome = self.write(group).map_err(|error| {
+        let outcome = self.write(group.as_mut_slice()).map_err(|error| {
             tracing::error!(%error, submissions = group.len(), "storage batch failed");
             error.to_string()
         });
@@ -193,54 +200,49 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, group: &[Submission]) -> Result<(), StorageError> {
-        let mut batch = PendingBatch::new(&self.ks, &self.multi_refs, &mut self.dropped_queues);
+    fn write(&mut self, group: &mut [Submission]) -> Result<(), StorageError> {
+        let expected_ops = group.iter().map(Submission::op_count).sum();
+        let mut batch = PendingBatch::new(
+            &self.ks,
+            &self.multi_refs,
+            &mut self.dropped_queues,
+            expected_ops,
+        );
         let mut ops = 0u64;
         let mut messages = 0u64;
         let mut id_ceiling = self.id_ceiling;
-        for submission in group {
-            match &submission.work {
+        for submission in group.iter_mut() {
+            match &mut submission.work {
                 Work::Ops(list) => {
-                    for op in list {
-                        batch.apply(op)?;
+                    for op in list.drain(..) {
                         ops += 1;
                         messages += u64::from(matches!(op, WriteOp::PutMessage { .. }));
+                        batch.apply(op)?;
                     }
                 }
                 Work::PutMeta { key, value } => {
-                    batch.put(Space::Meta, key.clone(), value.clone(), false);
+                    let value = Value::Meta(std::mem::take(value));
+                    batch.put(Key::Meta(std::mem::take(key)), value, false);
                 }
-                Work::DeleteMeta { key } => batch.delete(Space::Meta, key.clone()),
+                Work::DeleteMeta { key } => batch.delete(Key::Meta(std::mem::take(key))),
                 Work::RaiseIdCeiling(ceiling) => id_ceiling = id_ceiling.max(*ceiling),
                 Work::Barrier => {}
             }
         }
         if id_ceiling > self.id_ceiling {
-            let value = id_ceiling.to_be_bytes().to_vec();
-            batch.put(Space::Meta, codec::ID_CEILING_KEY.to_vec(), value, false);
+            let value = Value::Meta(id_ceiling.to_be_bytes().to_vec());
+            batch.put(Key::Meta(codec::ID_CEILING_KEY.to_vec()), value, false);
         }
 
-        let PendingBatch {
-            writes,
-            ref_changes,
-            ..
-        } = batch;
-        if !writes.is_empty() {
+        let ref_changes = if batch.is_empty() {
+            Vec::new()
+        } else {
             let mut fjall_batch = self.db.batch().durability(Some(PersistMode::SyncData));
-            for ((space, key), pending) in writes {
-                let keyspace = match space {
-                    Space::Meta => &self.ks.meta,
-                    Space::Messages => &self.ks.messages,
-                    Space::Index => &self.ks.index,
-                };
-                match pending.value {
-                    Some(value) => fjall_batch.insert(keyspace, key, value),
-                    None => fjall_batch.remove(keyspace, key),
-                }
-            }
+            let ref_changes = batch.write_into(&mut fjall_batch);
             fjall_batch.commit()?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
+            ref_changes
+        };
 
         // Only now, with the batch durable, does the in-memory state follow it.
         self.id_ceiling = id_ceiling;
@@ -266,176 +268,4 @@ fn full((ops, bytes): (usize, usize)) -> bool {
 fn add(total: &mut (usize, usize), (ops, bytes): (usize, usize)) {
     total.0 += ops;
     total.1 += bytes;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Space {
-    Meta,
-    Messages,
-    Index,
-}
-
-/// The last write to one key within a batch.
-struct Pending {
-    /// `None` deletes.
-    value: Option<Vec<u8>>,
-    /// The key was created in this batch (a fresh message id or queue seq), so deleting it
-    /// again in the same batch needs no tombstone at all: publish-then-ack within one commit
-    /// leaves nothing on disk.
-    fresh: bool,
-}
-
-/// One batch being built: the last write per key (fjall gives every item of a batch the same
-/// sequence number, so two writes to one key must be folded here), and reference-count
-/// changes that take effect only if the batch commits.
-struct PendingBatch<'a> {
-    ks: &'a Keyspaces,
-    multi_refs: &'a HashMap<MessageId, u32>,
-    dropped_queues: &'a mut HashSet<u64>,
-    writes: BTreeMap<(Space, Vec<u8>), Pending>,
-    /// New counts of multi-reference messages; 0 means forget it.
-    ref_changes: HashMap<MessageId, u32>,
-}
-
-impl<'a> PendingBatch<'a> {
-    fn new(
-        ks: &'a Keyspaces,
-        multi_refs: &'a HashMap<MessageId, u32>,
-        dropped_queues: &'a mut HashSet<u64>,
-    ) -> Self {
-        Self {
-            ks,
-            multi_refs,
-            dropped_queues,
-            writes: BTreeMap::new(),
-            ref_changes: HashMap::new(),
-        }
-    }
-
-    fn apply(&mut self, op: &WriteOp) -> Result<(), StorageError> {
-        match op {
-            WriteOp::PutMessage {
-                id,
-                message,
-                references,
-            } => {
-                let key = codec::message_key(*id).to_vec();
-                self.put(Space::Messages, key, codec::encode_message(message), true);
-                if *references > 1 {
-                    self.ref_changes.insert(*id, *references);
-                }
-            }
-            // The queue went away before this entry arrived: the reference it would hold is
-            // released at once so a shared message is still deleted with its last holder.
-            WriteOp::Enqueue { queue, entry } if self.dropped_queues.contains(queue) => {
-                self.release(entry.message_id);
-            }
-            WriteOp::UpdateEntry { queue, .. } | WriteOp::Remove { queue, .. }
-                if self.dropped_queues.contains(queue) => {}
-            WriteOp::Enqueue { queue, entry } => {
-                let key = codec::index_key(*queue, entry.seq).to_vec();
-                let value = codec::encode_index_value(entry).to_vec();
-                self.put(Space::Index, key, value, true);
-            }
-            WriteOp::UpdateEntry { queue, entry } => {
-                let key = codec::index_key(*queue, entry.seq).to_vec();
-                let value = codec::encode_index_value(entry).to_vec();
-                self.put(Space::Index, key, value, false);
-            }
-            WriteOp::Remove {
-                queue,
-                seq,
-                message_id,
-            } => {
-                self.delete(Space::Index, codec::index_key(*queue, *seq).to_vec());
-                self.release(*message_id);
-            }
-            WriteOp::DropQueue { queue } => {
-                self.drop_queue(*queue)?;
-                self.dropped_queues.insert(*queue);
-            }
-        }
-        Ok(())
-    }
-
-    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>, fresh: bool) {
-        match self.writes.entry((space, key)) {
-            Entry::Vacant(slot) => {
-                slot.insert(Pending {
-                    value: Some(value),
-                    fresh,
-                });
-            }
-            Entry::Occupied(mut slot) => {
-                let pending = slot.get_mut();
-                // Rewritten after a delete in this batch: the key may exist on disk.
-                if pending.value.is_none() {
-                    pending.fresh = false;
-                }
-                pending.value = Some(value);
-            }
-        }
-    }
-
-    fn delete(&mut self, space: Space, key: Vec<u8>) {
-        let slot = (space, key);
-        if matches!(self.writes.get(&slot), Some(Pending { fresh: true, .. })) {
-            self.writes.remove(&slot);
-        } else {
-            self.writes.insert(
-                slot,
-                Pending {
-                    value: None,
-                    fresh: false,
-                },
-            );
-        }
-    }
-
-    /// One reference to `id` is gone; deletes the message when it was the last.
-    fn release(&mut self, id: MessageId) {
-        let count = self
-            .ref_changes
-            .get(&id)
-            .or_else(|| self.multi_refs.get(&id))
-            .copied();
-        match count {
-            Some(count) if count > 1 => {
-                self.ref_changes.insert(id, count - 1);
-            }
-            Some(_) => {
-                self.ref_changes.insert(id, 0);
-                self.delete(Space::Messages, codec::message_key(id).to_vec());
-            }
-            None => self.delete(Space::Messages, codec::message_key(id).to_vec()),
-        }
-    }
-
-    /// Removes every entry of the queue, on disk and written earlier in this batch.
-    fn drop_queue(&mut self, queue: u64) -> Result<(), StorageError> {
-        let prefix = codec::queue_prefix(queue);
-        let mut found = Vec::new();
-        for guard in self.ks.index.prefix(prefix) {
-            let (key, value) = guard.into_inner()?;
-            codec::decode_index_key(&key)?;
-            // The batch's own write to this key (if any) wins over the disk, below.
-            if !self.writes.contains_key(&(Space::Index, key.to_vec())) {
-                found.push((key.to_vec(), codec::index_value_message_id(&value)?));
-            }
-        }
-        let start = (Space::Index, prefix.to_vec());
-        for ((space, key), pending) in self.writes.range(start..) {
-            if *space != Space::Index || !key.starts_with(&prefix) {
-                break;
-            }
-            if let Some(value) = &pending.value {
-                found.push((key.clone(), codec::index_value_message_id(value)?));
-            }
-        }
-        for (key, message_id) in found {
-            self.delete(Space::Index, key);
-            self.release(message_id);
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,222 @@
+//! One commit being assembled by the writer: the last write per key, and the reference-count
+//! changes that take effect only if the commit succeeds.
+//!
+//! fjall gives every item of a batch the same sequence number, so two writes to one key must
+//! be folded here. Keys are typed (a message id, a queue id and seq) rather than bytes: the
+//! writer folds several ops per message at full publish rate, and hashing two integers costs
+//! far less than ordering byte vectors. Message values are encoded only at commit, so a message
+//! published and acked within one commit is never encoded at all.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use fjall::{Keyspace, OwnedWriteBatch};
+
+use crate::codec::{self, INDEX_VALUE_LEN};
+use crate::store::Keyspaces;
+use crate::{MessageId, QueueId, Seq, StorageError, StoredMessage, WriteOp};
+
+/// Keys are the broker's own ids (and metadata names), hashed per op at full publish rate.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    Meta(Vec<u8>),
+    Message(MessageId),
+    Index(QueueId, Seq),
+}
+
+pub(crate) enum Value {
+    Meta(Vec<u8>),
+    Message(StoredMessage),
+    Index([u8; INDEX_VALUE_LEN]),
+}
+
+/// The last write to one key within a batch.
+struct Pending {
+    /// `None` deletes.
+    value: Option<Value>,
+    /// The key was created in this batch (a fresh message id or queue seq), so deleting it
+    /// again in the same batch needs no tombstone at all: publish-then-ack within one commit
+    /// leaves nothing on disk.
+    fresh: bool,
+}
+
+pub(crate) struct PendingBatch<'a> {
+    ks: &'a Keyspaces,
+    multi_refs: &'a HashMap<MessageId, u32>,
+    dropped_queues: &'a mut HashSet<u64>,
+    writes: FastMap<Key, Pending>,
+    /// New counts of multi-reference messages; 0 means forget it.
+    ref_changes: FastMap<MessageId, u32>,
+}
+
+impl<'a> PendingBatch<'a> {
+    /// A batch for about `ops` writes (sized once: rehashing showed in profiles).
+    pub(crate) fn new(
+        ks: &'a Keyspaces,
+        multi_refs: &'a HashMap<MessageId, u32>,
+        dropped_queues: &'a mut HashSet<u64>,
+        ops: usize,
+    ) -> Self {
+        Self {
+            ks,
+            multi_refs,
+            dropped_queues,
+            writes: FastMap::with_capacity_and_hasher(ops, Default::default()),
+            ref_changes: FastMap::default(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    pub(crate) fn apply(&mut self, op: WriteOp) -> Result<(), StorageError> {
+        match op {
+            WriteOp::PutMessage {
+                id,
+                message,
+                references,
+            } => {
+                self.put(Key::Message(id), Value::Message(message), true);
+                if references > 1 {
+                    self.ref_changes.insert(id, references);
+                }
+            }
+            // The queue went away before this entry arrived: the reference it would hold is
+            // released at once so a shared message is still deleted with its last holder.
+            WriteOp::Enqueue { queue, entry } if self.dropped_queues.contains(&queue) => {
+                self.release(entry.message_id);
+            }
+            WriteOp::UpdateEntry { queue, .. } | WriteOp::Remove { queue, .. }
+                if self.dropped_queues.contains(&queue) => {}
+            WriteOp::Enqueue { queue, entry } => {
+                let value = Value::Index(codec::encode_index_value(&entry));
+                self.put(Key::Index(queue, entry.seq), value, true);
+            }
+            WriteOp::UpdateEntry { queue, entry } => {
+                let value = Value::Index(codec::encode_index_value(&entry));
+                self.put(Key::Index(queue, entry.seq), value, false);
+            }
+            WriteOp::Remove {
+                queue,
+                seq,
+                message_id,
+            } => {
+                self.delete(Key::Index(queue, seq));
+                self.release(message_id);
+            }
+            WriteOp::DropQueue { queue } => {
+                self.drop_queue(queue)?;
+                self.dropped_queues.insert(queue);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put(&mut self, key: Key, value: Value, fresh: bool) {
+        match self.writes.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(Pending {
+                    value: Some(value),
+                    fresh,
+                });
+            }
+            Entry::Occupied(mut slot) => {
+                let pending = slot.get_mut();
+                // Rewritten after a delete in this batch: the key may exist on disk.
+                if pending.value.is_none() {
+                    pending.fresh = false;
+                }
+                pending.value = Some(value);
+            }
+        }
+    }
+
+    pub(crate) fn delete(&mut self, key: Key) {
+        match self.writes.get_mut(&key) {
+            Some(Pending { fresh: true, .. }) => {
+                self.writes.remove(&key);
+            }
+            Some(pending) => pending.value = None,
+            None => {
+                self.writes.insert(
+                    key,
+                    Pending {
+                        value: None,
+                        fresh: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// One reference to `id` is gone; deletes the message when it was the last.
+    fn release(&mut self, id: MessageId) {
+        let count = self
+            .ref_changes
+            .get(&id)
+            .or_else(|| self.multi_refs.get(&id))
+            .copied();
+        match count {
+            Some(count) if count > 1 => {
+                self.ref_changes.insert(id, count - 1);
+            }
+            Some(_) => {
+                self.ref_changes.insert(id, 0);
+                self.delete(Key::Message(id));
+            }
+            None => self.delete(Key::Message(id)),
+        }
+    }
+
+    /// Removes every entry of the queue, on disk and written earlier in this batch.
+    fn drop_queue(&mut self, queue: QueueId) -> Result<(), StorageError> {
+        let mut found = Vec::new();
+        for guard in self.ks.index.prefix(codec::queue_prefix(queue)) {
+            let (key, value) = guard.into_inner()?;
+            let (_, seq) = codec::decode_index_key(&key)?;
+            // The batch's own write to this key (if any) wins over the disk, below.
+            if !self.writes.contains_key(&Key::Index(queue, seq)) {
+                found.push((seq, codec::index_value_message_id(&value)?));
+            }
+        }
+        for (key, pending) in &self.writes {
+            if let (Key::Index(q, seq), Some(Value::Index(value))) = (key, &pending.value)
+                && *q == queue
+            {
+                found.push((*seq, codec::index_value_message_id(value)?));
+            }
+        }
+        for (seq, message_id) in found {
+            self.delete(Key::Index(queue, seq));
+            self.release(message_id);
+        }
+        Ok(())
+    }
+
+    /// Moves the folded writes into `batch`; hands back the reference-count changes, to apply
+    /// once the batch is durable.
+    pub(crate) fn write_into(self, batch: &mut OwnedWriteBatch) -> Vec<(MessageId, u32)> {
+        let ks = self.ks;
+        for (key, pending) in self.writes {
+            let (keyspace, key): (&Keyspace, fjall::UserKey) = match key {
+                Key::Meta(key) => (&ks.meta, key.into()),
+                Key::Message(id) => (&ks.messages, codec::message_key(id).as_slice().into()),
+                Key::Index(queue, seq) => {
+                    (&ks.index, codec::index_key(queue, seq).as_slice().into())
+                }
+            };
+            match pending.value {
+                Some(Value::Meta(value)) => batch.insert(keyspace, key, value),
+                Some(Value::Message(message)) => {
+                    batch.insert(keyspace, key, codec::encode_message(&message))
+                }
+                Some(Value::Index(value)) => batch.insert(keyspace, key, &value[..]),
+                None => batch.remove(keyspace, key),
+            }
+        }
+        self.ref_changes.into_iter().collect()
+    }
+}
