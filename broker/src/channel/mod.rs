@@ -22,7 +22,7 @@ use crate::error::{ProtocolError, ProtocolResult};
 use crate::exchange::Exchange;
 use crate::names::{ConsumerTag, QueueName};
 use crate::queue::{ChannelCredit, ConnectionId, Consumer, Queue};
-use crate::vhost::{RouteScratch, VHost};
+use crate::vhost::{LookupCache, RouteScratch, VHost};
 
 use publish::{Confirms, ContentState, PublishedMessage};
 use unacked::{SettleContext, Settlement, Unacked, UnackedMap, settle};
@@ -80,6 +80,8 @@ pub struct Channel {
     /// The queue last declared on this channel, for methods that name the queue as "".
     last_queue: Option<QueueName>,
     route_scratch: RouteScratch,
+    /// The exchange of the last publish.
+    exchange_cache: LookupCache<Exchange>,
     route_out: Vec<Arc<Queue>>,
     taken: Vec<Unacked>,
 }
@@ -99,6 +101,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             route_scratch: RouteScratch::default(),
+            exchange_cache: LookupCache::default(),
             route_out: Vec::new(),
             taken: Vec::new(),
         }

@@ -278,15 +278,14 @@ impl Channel {
         body: Bytes,
         ctx: &mut ChannelContext<'_>,
     ) -> ProtocolResult {
-        let name = String::from_utf8_lossy(&publish.exchange);
         let exchange = ctx
             .vhost
-            .existing_exchange(&name)
+            .publish_exchange(&publish.exchange, &mut self.exchange_cache)
             .map_err(|e| e.on((60, 40)))?;
         if exchange.settings.internal {
             return Err(ProtocolError::access_refused(format!(
-                "cannot publish to internal exchange '{name}' in vhost '{}'",
-                ctx.vhost.name
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                exchange.name, ctx.vhost.name
             ))
             .on((60, 40)));
         }

@@ -4,6 +4,7 @@
 //! Topology changes (declare, delete, bind) take `topology` so that check-then-act sequences
 //! (exclusive ownership, if-unused, auto-delete) are atomic; they never run on the publish path.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::hash::DashMap;
@@ -12,6 +13,9 @@ use amqp_codec::{FieldTable, RawProperties};
 use warren_storage::{MetaKind, WriteOp};
 
 mod equivalence;
+mod lookup_cache;
+
+pub use lookup_cache::LookupCache;
 
 use equivalence::{check_exchange_equivalence, check_queue_equivalence};
 
@@ -34,6 +38,8 @@ pub struct VHost {
     durability: Option<Arc<Durability>>,
     queue_defaults: QueueDefaults,
     topology: Mutex<()>,
+    /// Exchanges and queues removed so far: channels' lookup caches are valid while it stays.
+    removals: AtomicU64,
 }
 
 /// Scratch space for routing one message, owned by the channel so routing allocates nothing.
@@ -41,6 +47,8 @@ pub struct VHost {
 pub struct RouteScratch {
     destinations: Vec<Destination>,
     visited: Vec<usize>,
+    /// The last queue the default exchange routed to.
+    default_route: LookupCache<Queue>,
 }
 
 impl VHost {
@@ -58,6 +66,7 @@ impl VHost {
             durability,
             queue_defaults,
             topology: Mutex::new(()),
+            removals: AtomicU64::new(0),
         };
         for (name, kind) in [
             ("", ExchangeKind::Direct),
@@ -103,6 +112,44 @@ impl VHost {
 
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues.get(name).map(|q| Arc::clone(q.value()))
+    }
+
+    fn removals(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
+    }
+
+    fn count_removal(&self) {
+        self.removals.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The exchange a publish names, or 404 as RabbitMQ words it; `cache` remembers it.
+    pub fn publish_exchange(
+        &self,
+        name: &[u8],
+        cache: &mut LookupCache<Exchange>,
+    ) -> ProtocolResult<Arc<Exchange>> {
+        let removals = self.removals();
+        if let Some(exchange) = cache.get(name, removals) {
+            return Ok(Arc::clone(exchange));
+        }
+        let exchange = self.existing_exchange(&String::from_utf8_lossy(name))?;
+        cache.remember(name, &exchange, removals);
+        Ok(exchange)
+    }
+
+    /// The queue the default exchange routes `routing_key` to; `cache` remembers it.
+    fn default_route(
+        &self,
+        routing_key: &[u8],
+        cache: &mut LookupCache<Queue>,
+    ) -> Option<Arc<Queue>> {
+        let removals = self.removals();
+        if let Some(queue) = cache.get(routing_key, removals) {
+            return Some(Arc::clone(queue));
+        }
+        let queue = self.queue(std::str::from_utf8(routing_key).ok()?)?;
+        cache.remember(routing_key, &queue, removals);
+        Some(queue)
     }
 
     /// The exchange, or 404 as RabbitMQ words it.
@@ -246,6 +293,7 @@ impl VHost {
 
     fn remove_exchange(&self, exchange: &Arc<Exchange>) {
         self.exchanges.remove(exchange.name.as_str());
+        self.count_removal();
         let destination = Destination::Exchange(Arc::clone(exchange));
         self.remove_destination_everywhere(&destination);
         let old = std::mem::replace(
@@ -399,6 +447,7 @@ impl VHost {
         if !removed {
             return 0;
         }
+        self.count_removal();
         self.remove_destination_everywhere(&Destination::Queue(Arc::clone(queue)));
         let count = queue.delete();
         if let (Some(store), Some(d)) = (&queue.store, &self.durability) {
@@ -519,9 +568,7 @@ impl VHost {
         out: &mut Vec<Arc<Queue>>,
     ) {
         if exchange.is_default() {
-            if let Some(queue) = std::str::from_utf8(routing_key)
-                .ok()
-                .and_then(|name| self.queue(name))
+            if let Some(queue) = self.default_route(routing_key, &mut scratch.default_route)
                 && !out.iter().any(|q| Arc::ptr_eq(q, &queue))
             {
                 out.push(queue);
