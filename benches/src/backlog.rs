@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::client::{ClientError, Connection};
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::measure;
-use crate::publisher::{Publisher, PublisherConfig};
+use crate::publisher::{Publisher, PublisherConfig, Routing};
 use crate::{Args, Shared};
 
 type Outcome = Result<(), Box<dyn std::error::Error>>;
@@ -69,7 +69,8 @@ pub fn fill(args: &Args) -> Outcome {
     conn.writer
         .set_write_timeout(Some(Duration::from_secs(10)))?;
     let cfg = PublisherConfig {
-        queue: name.clone(),
+        exchange: String::new(),
+        routing: Routing::Fixed(name.clone()),
         body_size: args.size,
         persistent: args.persistent,
         confirm_window: args.confirm,
@@ -128,11 +129,11 @@ pub fn fill(args: &Args) -> Outcome {
     Ok(())
 }
 
-/// Tries to connect and shake hands until it works (the broker is starting), then reads the
-/// queue's message count with a passive declare. With `--broker-pid` (the process just
-/// started, or a launcher that lives as long as it) it gives up as soon as that process exits.
+/// Tries to connect and shake hands until it works (the broker is starting), every
+/// `--retry-ms`, then (with `--queue-name`) reads the queue's message count with a passive
+/// declare. With `--broker-pid` (the process just started, or a launcher that lives as long as
+/// it) it gives up as soon as that process exits.
 pub fn ready(args: &Args) -> Outcome {
-    let name = queue(args);
     let since = args
         .since_ns
         .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns as u64));
@@ -142,6 +143,7 @@ pub fn ready(args: &Args) -> Outcome {
             .map_or(-1.0, |d| d.as_secs_f64() * 1000.0)
     };
     let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let retry = Duration::from_secs_f64(args.retry_ms / 1000.0);
     let mut attempts = 0u32;
     let mut conn = loop {
         attempts += 1;
@@ -160,13 +162,22 @@ pub fn ready(args: &Args) -> Outcome {
             }
             Err(_) => {}
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(retry);
     };
     let handshake_ms = ms_since(SystemTime::now());
-    let messages = conn.queue_message_count(&name)?;
+    println!("== ready: {} ({}) ==", args.label, args.addr);
+    let Some(name) = &args.queue_name else {
+        conn.close()?;
+        println!("handshake {handshake_ms:.1} ms after start ({attempts} attempts)");
+        println!(
+            "RESULT label={} scenario=Ready start_ms={handshake_ms:.1} attempts={attempts}",
+            args.label
+        );
+        return Ok(());
+    };
+    let messages = conn.queue_message_count(name)?;
     let queue_ms = ms_since(SystemTime::now());
     conn.close()?;
-    println!("== ready: {} ({}) ==", args.label, args.addr);
     println!(
         "handshake {handshake_ms:.0} ms after start ({attempts} attempts); queue {name} answered at {queue_ms:.0} ms with {messages} messages"
     );

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use amqp_codec::protocol::{basic, channel, confirm, connection, queue};
+use amqp_codec::protocol::{basic, channel, confirm, connection, exchange, queue};
 use amqp_codec::{AMQPClass, AMQPValue, CodecError, FieldTable, Frame, FrameDecoder, Method};
 use amqp_codec::{LongString, PROTOCOL_HEADER, encode};
 use bytes::BytesMut;
@@ -20,6 +20,10 @@ pub const CHANNEL: u16 = 1;
 const OUR_FRAME_MAX: u32 = 128 * 1024;
 /// How long a blocking read waits before the caller gets to look at its stop flags.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// Read buffer of a loaded connection: room for many frames per `read`.
+const BIG_BUFFER: usize = 128 * 1024;
+/// Read buffer of a connection that only shakes hands (the idle-connections scenario).
+const SMALL_BUFFER: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -63,11 +67,11 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, buffer: usize) -> Self {
         Self {
             stream,
-            buf: BytesMut::with_capacity(256 * 1024),
-            scratch: vec![0; 128 * 1024],
+            buf: BytesMut::with_capacity(2 * buffer),
+            scratch: vec![0; buffer],
             decoder: FrameDecoder::new(OUR_FRAME_MAX),
         }
     }
@@ -168,13 +172,25 @@ pub struct Connection {
 impl Connection {
     /// TCP connect, protocol header, start/start-ok (PLAIN), tune/tune-ok, open, channel.open.
     pub fn open(ep: &Endpoint, name: &str) -> Result<Self> {
+        Self::open_with_buffer(ep, name, BIG_BUFFER)
+    }
+
+    /// The handshake with small buffers, keeping only the socket: a connection that stays
+    /// idle (no heartbeats: we asked for none) and costs us one file descriptor.
+    pub fn open_idle(ep: &Endpoint, name: &str) -> Result<TcpStream> {
+        let conn = Self::open_with_buffer(ep, name, SMALL_BUFFER)?;
+        // The reader's clone of the socket goes; the connection stays open through `writer`.
+        Ok(conn.writer)
+    }
+
+    fn open_with_buffer(ep: &Endpoint, name: &str, buffer: usize) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&ep.addr, Duration::from_secs(5))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         let writer = stream.try_clone()?;
         let mut conn = Connection {
             writer,
-            reader: FrameReader::new(stream),
+            reader: FrameReader::new(stream, buffer),
             frame_max: OUR_FRAME_MAX,
             out: BytesMut::with_capacity(4096),
         };
@@ -318,6 +334,69 @@ impl Connection {
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
             other => Err(unexpected("queue.declare-ok", &other)),
         }
+    }
+
+    /// Declares a transient exchange of `kind` (`fanout`, `topic`, ...).
+    pub fn declare_exchange(&mut self, name: &str, kind: &str) -> Result<()> {
+        let declare = AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        match self.rpc(&declare)? {
+            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)) => Ok(()),
+            other => Err(unexpected("exchange.declare-ok", &other)),
+        }
+    }
+
+    pub fn delete_exchange(&mut self, name: &str) -> Result<()> {
+        let delete = AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name.into(),
+            if_unused: false,
+            nowait: false,
+        }));
+        match self.rpc(&delete)? {
+            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_)) => Ok(()),
+            other => Err(unexpected("exchange.delete-ok", &other)),
+        }
+    }
+
+    /// Binds queues to `exchange`, one `(queue, routing key)` pair each. The binds go out
+    /// with `nowait`, many per write, then one `basic.qos` round trip: a channel handles its
+    /// methods in order, so its `qos-ok` means every bind before it was done (a failed bind
+    /// closes the channel, and that comes back instead).
+    pub fn bind_all<'a>(
+        &mut self,
+        exchange: &str,
+        bindings: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<u64> {
+        let mut n = 0u64;
+        self.out.clear();
+        for (queue, key) in bindings {
+            let bind = AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                queue: queue.into(),
+                exchange: exchange.into(),
+                routing_key: key.into(),
+                nowait: true,
+                arguments: FieldTable::default(),
+            }));
+            encode::method(&mut self.out, CHANNEL, &bind);
+            n += 1;
+            if self.out.len() >= 64 * 1024 {
+                self.writer.write_all(&self.out)?;
+                self.out.clear();
+            }
+        }
+        self.writer.write_all(&self.out)?;
+        self.out.clear();
+        // The prefetch this channel had: the control connection never consumes.
+        self.qos(0)?;
+        Ok(n)
     }
 
     /// Deletes a queue; returns how many messages it still held.

@@ -71,6 +71,8 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
     let mut hist = Histogram::default();
     let mut out = BytesMut::with_capacity(64);
     let mut state = Assembly::Idle;
+    // Tag of the delivery being assembled, and of the last one received whole.
+    let mut pending_tag = 0u64;
     let mut last_tag = 0u64;
     let mut acked = 0u64;
 
@@ -85,7 +87,7 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
                     method: Method::Deliver(d),
                     ..
                 } => {
-                    last_tag = d.delivery_tag;
+                    pending_tag = d.delivery_tag;
                     state = Assembly::AwaitHeader;
                 }
                 Frame::Header { header, .. } => {
@@ -94,6 +96,7 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
                     }
                     if header.body_size == 0 {
                         completed += 1;
+                        last_tag = pending_tag;
                         state = Assembly::Idle;
                     } else {
                         state = Assembly::Body {
@@ -121,6 +124,7 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
                     *remaining = remaining.saturating_sub(payload.len() as u64);
                     if *remaining == 0 {
                         completed += 1;
+                        last_tag = pending_tag;
                         if recording && let Some(sent) = *stamp {
                             hist.record(now.saturating_sub(sent));
                         }
@@ -149,7 +153,13 @@ fn consume_loop(mut conn: Connection, cfg: &ConsumerConfig, shared: &Shared) -> 
         conn.reader.fill()?;
     }
 
-    // Closing requeues what we did not ack; the queues are deleted afterwards anyway.
+    // Ack what we counted, so that what the queue still holds at its deletion is exactly what
+    // we did not see (closing requeues the rest).
+    if !cfg.no_ack && last_tag > acked {
+        out.clear();
+        encode::ack(&mut out, CHANNEL, last_tag, true);
+        conn.writer.write_all(&out)?;
+    }
     Connection::send_close(&mut conn.writer)?;
     wait_close_ok(&mut conn.reader, Duration::from_secs(3))?;
     Ok(hist)

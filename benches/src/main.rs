@@ -10,14 +10,18 @@
 //! `RESULT key=value ...` line for scripts.
 //!
 //! The backlog scenarios (`fill`, `ready`, `drain`) are steps that `compare.sh` strings
-//! together around a broker restart; they live in `backlog.rs`.
+//! together around a broker restart; they live in `backlog.rs`. `ready` alone times a broker's
+//! start. `connections` (idle connections and the broker's memory) is in `connections.rs`; the
+//! topic exchange workload (`--exchange-type topic`) in `topic.rs`.
 
 mod backlog;
 mod client;
+mod connections;
 mod consumer;
 mod measure;
 mod publisher;
 mod report;
+mod topic;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -32,8 +36,9 @@ use clap::{Parser, ValueEnum};
 use client::{ClientError, Connection, Endpoint};
 use consumer::{Consumer, ConsumerConfig};
 use measure::Histogram;
-use publisher::{Publisher, PublisherConfig};
-use report::{Latencies, Snapshot};
+use publisher::{Publisher, PublisherConfig, Routing};
+use report::{Latencies, Run, Snapshot};
+use topic::TopicPlan;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -44,11 +49,32 @@ enum Scenario {
     /// Backlog step 1: publish `--count` messages (with `--confirm`) to `--queue-name` with no
     /// consumer, wait for every confirm, and leave the queue in place.
     Fill,
-    /// Backlog step 2: retry connecting until a TCP connection and the AMQP handshake succeed
-    /// (the broker is starting), then passively declare `--queue-name` and report its count.
+    /// Backlog step 2 (and broker start-up): retry connecting every `--retry-ms` until a TCP
+    /// connection and the AMQP handshake succeed (the broker is starting), then, with
+    /// `--queue-name`, passively declare it and report its count.
     Ready,
     /// Backlog step 3: consume `--queue-name` with acks until it is empty, then delete it.
     Drain,
+    /// Open `--connections` idle connections (one channel each) and report the broker's RSS
+    /// per connection (needs `--broker-pid`).
+    Connections,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExchangeType {
+    /// Every queue bound with an empty key; publishers publish with an empty key.
+    Fanout,
+    /// `--bindings` patterns over the queues and precomputed random keys (see topic.rs).
+    Topic,
+}
+
+impl ExchangeType {
+    fn name(self) -> &'static str {
+        match self {
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -136,6 +162,32 @@ struct Args {
     /// fill, ready, drain: give up after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     timeout: f64,
+    /// ready: milliseconds between connection attempts.
+    #[arg(long, default_value_t = 1.0)]
+    retry_ms: f64,
+    /// Publish to a new exchange of this type with the queues bound to it, instead of to the
+    /// queues through the default exchange.
+    #[arg(long, value_enum)]
+    exchange_type: Option<ExchangeType>,
+    /// Topic exchange: how many bindings (spread over the queues).
+    #[arg(long, default_value_t = 10_000)]
+    bindings: usize,
+    /// Topic exchange: how many distinct routing keys are precomputed (a power of two).
+    #[arg(long, default_value_t = 65_536)]
+    topic_keys: usize,
+    /// Topic exchange: the fraction of routing keys that match no binding.
+    #[arg(long, default_value_t = 0.1)]
+    topic_unmatched: f64,
+    /// connections: how many idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// connections: how many threads open them (handshakes in parallel).
+    #[arg(long, default_value_t = 8)]
+    connect_threads: usize,
+    /// connections: seconds to leave them idle before reading the broker's RSS (and again
+    /// after closing them).
+    #[arg(long, default_value_t = 5.0)]
+    idle: f64,
 }
 
 fn parse_queue_arg(s: &str) -> Result<(String, AMQPValue), String> {
@@ -207,6 +259,9 @@ pub struct Shared {
     pub confirmed: AtomicU64,
     pub nacked: AtomicU64,
     pub consumed: AtomicU64,
+    /// Topic routing: deliveries the published keys should cause (each key's matching
+    /// bindings, known when the keys were made).
+    pub routed: AtomicU64,
 }
 
 impl Shared {
@@ -222,6 +277,7 @@ impl Shared {
             confirmed: AtomicU64::new(0),
             nacked: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
         }
     }
 
@@ -279,15 +335,21 @@ fn validate(args: &Args) -> Result<(), String> {
     if !(args.duration > 0.0 && args.warmup >= 0.0 && args.timeout > 0.0) {
         return Err("--duration and --timeout must be positive and --warmup not negative".into());
     }
-    let backlog_step = matches!(
-        args.scenario,
-        Scenario::Fill | Scenario::Ready | Scenario::Drain
-    );
+    let backlog_step = matches!(args.scenario, Scenario::Fill | Scenario::Drain);
     if backlog_step && args.queue_name.is_none() {
-        return Err("fill, ready and drain need --queue-name".into());
+        return Err("fill and drain need --queue-name".into());
     }
     if args.scenario == Scenario::Fill && (args.count == 0 || args.confirm == 0) {
         return Err("fill needs --count and --confirm of at least 1".into());
+    }
+    if !(args.retry_ms > 0.0 && args.idle >= 0.0) {
+        return Err("--retry-ms must be positive and --idle not negative".into());
+    }
+    if !(0.0..=1.0).contains(&args.topic_unmatched) {
+        return Err("--topic-unmatched is a fraction between 0 and 1".into());
+    }
+    if args.scenario == Scenario::Connections && args.connections == 0 {
+        return Err("--connections must be at least 1".into());
     }
     Ok(())
 }
@@ -302,6 +364,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::Fill => return backlog::fill(args),
         Scenario::Ready => return backlog::ready(args),
         Scenario::Drain => return backlog::drain(args),
+        Scenario::Connections => return connections::connections(args),
         Scenario::Throughput | Scenario::Latency => {}
     }
     let ep = args.endpoint();
@@ -312,6 +375,38 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let arguments = args.queue_arguments();
     for q in &queues {
         control.declare_queue(q, args.durable_queues(), &arguments)?;
+    }
+    let exchange = args
+        .exchange_type
+        .map(|_| format!("warren-load-{}-x", std::process::id()))
+        .unwrap_or_default();
+    let mut topic_plan = None;
+    let mut bind_ms = None;
+    if let Some(kind) = args.exchange_type {
+        control.declare_exchange(&exchange, kind.name())?;
+        let started = Instant::now();
+        match kind {
+            ExchangeType::Fanout => {
+                control.bind_all(&exchange, queues.iter().map(|q| (q.as_str(), "")))?;
+            }
+            ExchangeType::Topic => {
+                let plan = TopicPlan::new(
+                    args.bindings,
+                    queues.len(),
+                    args.topic_keys,
+                    args.topic_unmatched,
+                    0x5EED,
+                );
+                control.bind_all(
+                    &exchange,
+                    plan.bindings
+                        .iter()
+                        .map(|(pattern, q)| (queues[*q].as_str(), pattern.as_str())),
+                )?;
+                bind_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                topic_plan = Some(Arc::new(plan));
+            }
+        }
     }
 
     let mut consumers = Vec::new();
@@ -330,8 +425,18 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let conn = Connection::open(&ep, &format!("warren-load publisher {i}"))?;
         conn.writer
             .set_write_timeout(Some(Duration::from_secs(10)))?;
+        let routing = match (&topic_plan, args.exchange_type) {
+            (Some(plan), _) => Routing::Topic {
+                plan: plan.clone(),
+                // Publishers walk the same table from evenly spaced places.
+                start: i * plan.len() / args.publishers,
+            },
+            (None, Some(_)) => Routing::Fixed(String::new()),
+            (None, None) => Routing::Fixed(queues[i % queues.len()].clone()),
+        };
         let cfg = PublisherConfig {
-            queue: queues[i % queues.len()].clone(),
+            exchange: exchange.clone(),
+            routing,
             body_size: args.size,
             persistent: args.persistent,
             confirm_window: args.confirm,
@@ -384,18 +489,33 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for q in &queues {
         backlog += u64::from(control.delete_queue(q)?);
     }
+    if !exchange.is_empty() {
+        control.delete_exchange(&exchange)?;
+    }
     control.close()?;
 
+    // What the queues should have received over the whole run, by design.
+    let published = shared.published.load(Ordering::Relaxed);
+    let expected = match args.exchange_type {
+        None => published,
+        Some(ExchangeType::Fanout) => published * queues.len() as u64,
+        Some(ExchangeType::Topic) => shared.routed.load(Ordering::Relaxed),
+    };
     report::report(
         args,
-        rate,
-        &start,
-        &end,
-        &Latencies {
-            delivery: hist,
-            confirm: confirm_hist,
+        &Run {
+            rate,
+            start: &start,
+            end: &end,
+            latencies: &Latencies {
+                delivery: hist,
+                confirm: confirm_hist,
+            },
+            backlog,
+            expected_deliveries: expected,
+            bind_ms,
+            topic_matched: topic_plan.as_ref().map(|p| p.matched_fraction()),
         },
-        backlog,
         &shared,
     );
     Ok(())

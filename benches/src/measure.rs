@@ -61,6 +61,49 @@ pub fn process_disk_writes(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Resident memory of a process in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, "VmRSS:")
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The soft limit on open files of another process (`/proc/<pid>/limits`).
+pub fn open_files_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Raises this process's soft limit on open files to at least `want` (up to the hard limit);
+/// returns the limit now in force.
+pub fn raise_open_files(want: u64) -> io::Result<u64> {
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur >= want {
+            return Ok(lim.rlim_cur);
+        }
+        lim.rlim_cur = want.min(lim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(lim.rlim_cur)
+    }
+}
+
 /// CPU time of every thread of a process, by thread id, with the thread's name.
 pub fn thread_cpu(pid: u32) -> HashMap<u32, (String, Duration)> {
     let mut threads = HashMap::new();
@@ -245,6 +288,13 @@ mod tests {
             let got = h.quantile(q) as f64;
             assert!((got - want).abs() / want < 0.02, "q{q}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status = "Name:\twarren\nVmPeak:\t  20000 kB\nVmRSS:\t    9876 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(9876));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
     }
 
     #[test]

@@ -21,11 +21,23 @@ use bytes::{Bytes, BytesMut};
 use crate::Shared;
 use crate::client::{CHANNEL, ClientError, Connection, FrameReader, Result, check_close};
 use crate::measure::Histogram;
+use crate::topic::TopicPlan;
+
+/// Where a publisher's messages go.
+#[derive(Clone)]
+pub enum Routing {
+    /// Every message with this routing key (through the default exchange: a queue name).
+    Fixed(String),
+    /// Keys from the topic plan's table, in its order, from `start` on.
+    Topic { plan: Arc<TopicPlan>, start: usize },
+}
 
 /// What one publisher does.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PublisherConfig {
-    pub queue: String,
+    /// Exchange to publish to; empty for the default exchange.
+    pub exchange: String,
+    pub routing: Routing,
     pub body_size: usize,
     pub persistent: bool,
     /// Outstanding-confirm window; 0 = no confirms.
@@ -128,7 +140,11 @@ fn write_loop(
     let props = properties(cfg.persistent);
     let mut body = vec![0xA5u8; cfg.body_size];
     let mut out = BytesMut::with_capacity(cfg.batch * (cfg.body_size + 128));
-    let queue = cfg.queue.as_bytes();
+    let exchange = cfg.exchange.as_bytes();
+    let (fixed_key, topic, mut next_key) = match &cfg.routing {
+        Routing::Fixed(key) => (key.as_bytes(), None, 0),
+        Routing::Topic { plan, start } => (&b""[..], Some(plan.as_ref()), *start),
+    };
     let mut sent: u64 = 0;
     let start = Instant::now();
     if cfg.rate > 0.0 {
@@ -173,13 +189,27 @@ fn write_loop(
         if body.len() >= 8 {
             body[..8].copy_from_slice(&stamp.to_be_bytes());
         }
+        let mut routed = 0u64;
         for _ in 0..n {
-            encode::publish(&mut out, CHANNEL, b"", queue, false);
+            let key = match topic {
+                None => fixed_key,
+                Some(plan) => {
+                    // The table's length is a power of two: wrapping is a mask.
+                    let (key, hits) = plan.key(next_key);
+                    next_key = (next_key + 1) & (plan.len() - 1);
+                    routed += u64::from(hits);
+                    key
+                }
+            };
+            encode::publish(&mut out, CHANNEL, exchange, key, false);
             encode::content(&mut out, CHANNEL, &props, &body, frame_max);
         }
         stream.write_all(&out)?;
         sent += n;
         shared.published.fetch_add(n, Ordering::Relaxed);
+        if topic.is_some() {
+            shared.routed.fetch_add(routed, Ordering::Relaxed);
+        }
     }
 
     // Give outstanding confirms a bounded time to arrive, then close the connection. A run

@@ -46,15 +46,25 @@ pub struct Latencies {
     pub confirm: Histogram,
 }
 
-pub fn report(
-    args: &Args,
-    rate: f64,
-    start: &Snapshot,
-    end: &Snapshot,
-    lat: &Latencies,
-    backlog: u64,
-    shared: &Shared,
-) {
+/// What one run measured besides the shared counters.
+pub struct Run<'a> {
+    pub rate: f64,
+    pub start: &'a Snapshot,
+    pub end: &'a Snapshot,
+    pub latencies: &'a Latencies,
+    /// Messages left in the queues when they were deleted.
+    pub backlog: u64,
+    /// Deliveries the whole run's publishes should have caused (published x bound queues).
+    pub expected_deliveries: u64,
+    /// Time to create the exchange's bindings (topic).
+    pub bind_ms: Option<f64>,
+    /// Fraction of the topic keys that match a binding.
+    pub topic_matched: Option<f64>,
+}
+
+pub fn report(args: &Args, run: &Run, shared: &Shared) {
+    let (rate, start, end, lat, backlog) =
+        (run.rate, run.start, run.end, run.latencies, run.backlog);
     let hist = &lat.delivery;
     let cq = |x: f64| lat.confirm.quantile(x) as f64 / 1000.0;
     let secs = end.at.duration_since(start.at).as_secs_f64();
@@ -102,7 +112,7 @@ pub fn report(
         match args.scenario {
             Scenario::Throughput => "throughput",
             Scenario::Latency => "latency",
-            Scenario::Fill | Scenario::Ready | Scenario::Drain => "backlog",
+            Scenario::Fill | Scenario::Ready | Scenario::Drain | Scenario::Connections => "other",
         },
         args.label,
         args.addr
@@ -188,10 +198,31 @@ pub fn report(
     if backlog > 0 {
         println!("backlog:   {backlog} messages left in the queues at the end");
     }
+    // Every delivery the run's publishes should have caused was either consumed or still in a
+    // queue at the end: a check on the routing (and on lost messages).
+    let consumed_all = shared.consumed.load(Ordering::Relaxed);
+    let route_check = if run.expected_deliveries > 0 {
+        100.0 * (consumed_all + backlog) as f64 / run.expected_deliveries as f64
+    } else {
+        -1.0
+    };
+    println!(
+        "routing:   {consumed_all} consumed + {backlog} left = {route_check:.2}% of the {} deliveries expected",
+        run.expected_deliveries
+    );
+    if let Some(ms) = run.bind_ms {
+        println!(
+            "bindings:  {} created in {ms:.0} ms; {:.1}% of the keys match one",
+            args.bindings,
+            100.0 * run.topic_matched.unwrap_or(0.0)
+        );
+    }
+    let deliveries = consumed.max(1) as f64;
     let broker_us = broker_cpu.map_or(-1.0, |b| us(b) / msgs);
+    let broker_us_delivery = broker_cpu.map_or(-1.0, |b| us(b) / deliveries);
     let broker_pct = broker_cpu.map_or(-1.0, |b| 100.0 * b.as_secs_f64() / secs);
     println!(
-        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} confirm_p50_us={:.1} confirm_p99_us={:.1} confirm_p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} broker_disk_bytes_per_msg={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={}",
+        "RESULT label={} scenario={:?} published_per_s={:.0} confirmed_per_s={:.0} consumed_per_s={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} confirm_p50_us={:.1} confirm_p99_us={:.1} confirm_p999_us={:.1} gen_us_per_msg={:.3} gen_cpu_pct={:.0} gen_top_thread_pct={:.0} broker_us_per_msg={:.3} broker_cpu_pct={:.0} broker_top_thread_pct={:.0} broker_disk_bytes_per_msg={:.0} machine_busy_pct={:.0} others_cpu_pct={:.0} backlog={} broker_us_per_delivery={:.3} gen_us_per_delivery={:.3} route_check_pct={:.2} bind_ms={:.0}",
         args.label,
         args.scenario,
         published as f64 / secs,
@@ -212,6 +243,10 @@ pub fn report(
         disk.map_or(-1.0, |d| d as f64 / msgs),
         machine_pct,
         others_pct,
-        backlog
+        backlog,
+        broker_us_delivery,
+        us(gen_cpu) / deliveries,
+        route_check,
+        run.bind_ms.unwrap_or(-1.0),
     );
 }
