@@ -353,3 +353,36 @@ async fn silent_client_is_disconnected_after_missed_heartbeats() {
     // closes the socket within the timeout.
     c.read_to_eof().await;
 }
+
+/// After close-ok the broker leaves closing the socket to the client, as RabbitMQ does (lapin
+/// reports a socket closed under it right after close-ok as an error), and closes its side
+/// once the client has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_leaves_the_socket_to_the_client_after_close_ok() {
+    let broker = TestBroker::start().await;
+    let (mut c, _) = RawClient::open(broker.addr()).await;
+    c.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+    .await;
+    let (_, reply) = c.read_method().await;
+    assert!(
+        matches!(
+            reply,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+        ),
+        "{reply:?}"
+    );
+    assert!(
+        c.stays_open_for(QUIET).await,
+        "the broker closed the socket right after close-ok"
+    );
+    c.shutdown_write().await;
+    assert!(c.read_to_eof().await.is_empty());
+}

@@ -64,6 +64,17 @@ impl Connection {
         }
     }
 
+    /// Reads (and drops) whatever the client still sends until it closes its end.
+    pub(super) async fn await_peer_close(&mut self) {
+        loop {
+            self.rbuf.clear();
+            match self.read.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// The connection is gone: channels release their consumers and unacked messages,
     /// exclusive queues are deleted, deliveries still in the outbox go back.
     pub(super) fn cleanup(&mut self, vhost: &Arc<VHost>) {

@@ -281,6 +281,22 @@ impl RawClient {
         all
     }
 
+    /// Closes our sending side (TCP FIN); reading still works.
+    pub async fn shutdown_write(&mut self) {
+        self.stream
+            .shutdown()
+            .await
+            .expect("shutdown of the write side");
+    }
+
+    /// Whether the broker kept the socket open (no EOF, nothing sent) for `wait`.
+    pub async fn stays_open_for(&mut self, wait: std::time::Duration) -> bool {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(wait, self.stream.read(&mut byte))
+            .await
+            .is_err()
+    }
+
     /// basic.consume (no-ack) on `queue`, waiting for consume-ok.
     pub async fn consume_no_ack(&mut self, ch: u16, queue: &str) {
         self.send_method(
