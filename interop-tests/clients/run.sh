@@ -7,7 +7,8 @@
 # Installs what it needs on a fresh Debian machine as root (apt-get only for what is missing;
 # Python packages into interop-tests/clients/.venv; npm packages from node/package-lock.json;
 # Go from Debian's golang packages, built offline in GOPATH mode; Bunny, php-amqplib and the
-# RabbitMQ Java client (compiled with javac) from Debian's packages),
+# RabbitMQ Java client (compiled with javac) from Debian's packages; lapin and amqprs built
+# with cargo from the workspace's client-drivers crate, into $CARGO_TARGET_DIR if set),
 # builds and starts the broker on 127.0.0.1, runs every client's driver in parallel (each
 # names its queues and exchanges after itself), then the cross-client matrix, and prints one
 # report, also written to report.md (report-rabbitmq.md with --against-rabbitmq). Exits
@@ -16,19 +17,26 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal,rabbitmq-c,celery
+ALL_CLIENTS=pika,aio-pika,amqplib,amqp091-go,bunny,php-amqplib,java-client,rascal,rabbitmq-c,lapin,amqprs,celery
 CLIENTS=$ALL_CLIENTS
 AGAINST=warren
 RABBIT_PORT=5687
 RABBIT_DIST_PORT=25687
 RABBIT_NODE=warrenclients@localhost
 DRIVER_TIMEOUT=240   # seconds for one driver's whole scenario list
+# Where cargo puts Warren and the Rust drivers (a relative CARGO_TARGET_DIR is relative to
+# $ROOT, where cargo runs).
+case "${CARGO_TARGET_DIR:-}" in
+    "") TARGET_DIR=$ROOT/target ;;
+    /*) TARGET_DIR=$CARGO_TARGET_DIR ;;
+    *) TARGET_DIR=$ROOT/$CARGO_TARGET_DIR ;;
+esac
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --against-rabbitmq) AGAINST=rabbitmq; shift ;;
         --clients) CLIENTS=$2; shift 2 ;;
-        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,15p "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -171,6 +179,15 @@ install_java() {
     [ -f "$HERE/.java/JavaClientDriver.class" ] || { log "javac failed"; exit 1; }
 }
 
+# lapin and amqprs: the client-drivers crate (interop-tests/clients/rust), from crates.io
+# through Cargo.lock like the rest of the workspace.
+install_rust() {
+    log "cargo build --release -p client-drivers"
+    local t0=$SECONDS
+    (cd "$ROOT" && cargo build --release -q -p client-drivers)
+    log "client-drivers built in $(( SECONDS - t0 )) s"
+}
+
 install_rabbitmq() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
     # Keep the package's own service from starting: policy-rc.d says no to invoke-rc.d.
@@ -194,6 +211,7 @@ needs rabbitmq-c && { command -v amqp-publish >/dev/null || apt_install amqp-too
 needs bunny && install_ruby
 needs php-amqplib && install_php
 needs java-client && install_java
+{ needs lapin || needs amqprs; } && install_rust
 
 # --- broker ----------------------------------------------------------------------------------
 
@@ -218,7 +236,7 @@ else
     (cd "$ROOT" && cargo build --release -q -p warren-broker)
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     log "starting Warren on 127.0.0.1:$PORT"
-    WARREN_LOG=warn "$ROOT/target/release/warren" --listen "127.0.0.1:$PORT" \
+    WARREN_LOG=warn "$TARGET_DIR/release/warren" --listen "127.0.0.1:$PORT" \
         --data-dir "$WORK/warren-data" >"$WORK/warren.log" 2>&1 &
     BROKER_PID=$!
     wait_port "$PORT" "$BROKER_PID" warren || { tail -20 "$WORK/warren.log" >&2; exit 1; }
@@ -241,6 +259,8 @@ driver() {
         bunny) echo "ruby $HERE/ruby/bunny_driver.rb" ;;
         php-amqplib) echo "php $HERE/php/amqplib_driver.php" ;;
         java-client) echo "java -cp $HERE/.java:$JAVA_CP JavaClientDriver" ;;
+        lapin) echo "$TARGET_DIR/release/lapin-driver" ;;
+        amqprs) echo "$TARGET_DIR/release/amqprs-driver" ;;
         celery) echo "$HERE/.venv/bin/python $HERE/python/celery_driver.py" ;;
         *) log "unknown client $1 (known: $ALL_CLIENTS)"; exit 2 ;;
     esac
@@ -285,7 +305,7 @@ restart_broker() {
         rabbit_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >>"$WORK/rabbit/stdout" 2>&1 &
     else
         stop_pid "$BROKER_PID"
-        WARREN_LOG=warn "$ROOT/target/release/warren" --listen "127.0.0.1:$PORT" \
+        WARREN_LOG=warn "$TARGET_DIR/release/warren" --listen "127.0.0.1:$PORT" \
             --data-dir "$WORK/warren-data" >>"$WORK/warren.log" 2>&1 &
     fi
     BROKER_PID=$!

@@ -1,9 +1,10 @@
 """Writes the README's "Works with" table from the last report (report.md by default).
 
 usage: works_with.py [--report report.md] [--out works-with.md]
-One row per client: the library and its version (pinned in python/requirements.txt or
-node/package.json, or the installed Debian package), then passed/failed/skipped counted over
-its scenarios, the cross-client cells it read, and its own checks (Celery)."""
+One row per client: the library and its version (pinned in python/requirements.txt,
+node/package.json or the workspace's Cargo.lock, or the installed Debian package), then
+passed/failed/skipped counted over its scenarios, the cross-client cells it read, and its own
+checks (Celery)."""
 
 import argparse
 import json
@@ -25,6 +26,8 @@ LIBRARIES = {
     "php-amqplib": ("PHP", "php-amqplib", ("deb", "php-amqplib")),
     "bunny": ("Ruby", "Bunny", ("deb", "ruby-bunny")),
     "rabbitmq-c": ("C", "rabbitmq-c tools (amqp-tools)", ("deb", "amqp-tools")),
+    "lapin": ("Rust", "lapin", ("cargo", "lapin")),
+    "amqprs": ("Rust", "amqprs", ("cargo", "amqprs")),
 }
 
 
@@ -41,6 +44,11 @@ def version(how):
         elif kind == "npm":
             with open(os.path.join(HERE, "node", "package.json")) as f:
                 v = json.load(f)["dependencies"].get(name, "?")
+        elif kind == "cargo":
+            with open(os.path.join(HERE, "..", "..", "Cargo.lock"), encoding="utf-8") as f:
+                found = re.search(r'^name = "%s"\nversion = "([^"]+)"' % re.escape(name), f.read(),
+                                  re.M)
+            v = found.group(1) if found else "?"
         elif kind == "deb":
             try:
                 v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True,
