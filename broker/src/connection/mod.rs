@@ -525,6 +525,9 @@ impl Connection {
     fn drain_outbox(&mut self, session: &Session) {
         let mut items = std::mem::take(&mut self.outbox_items);
         self.outbox.take(&mut items);
+        // One reservation for the whole burst: growing the buffer frame by frame re-copied
+        // it at every doubling (~4% of broker CPU for small no-ack messages).
+        self.out.reserve(items.iter().map(encoded_size_hint).sum());
         let mut delivered = 0;
         for item in items.drain(..) {
             match item {
@@ -592,6 +595,25 @@ impl Connection {
             .send(WriterMsg::Data(chunk))
             .await
             .map_err(|_| ())
+    }
+}
+
+/// About how many bytes an outbox item becomes on the wire (deliver method, content header
+/// and body frames); a little over is fine.
+fn encoded_size_hint(item: &OutboxItem) -> usize {
+    const FRAMING: usize = 128;
+    match item {
+        OutboxItem::Deliver(d) => {
+            let m = &d.entry.message;
+            FRAMING
+                + d.consumer.tag.len()
+                + m.exchange.len()
+                + m.routing_key.len()
+                + m.properties.as_bytes().len()
+                + m.body.len()
+        }
+        OutboxItem::Cancel { tag, .. } => FRAMING + tag.len(),
+        OutboxItem::Durable { .. } => 0,
     }
 }
 
