@@ -86,11 +86,11 @@ impl<'a> PendingBatch<'a> {
             }
             // The queue went away before this entry arrived: the reference it would hold is
             // released at once so a shared message is still deleted with its last holder.
-            WriteOp::Enqueue { queue, entry } if self.dropped_queues.contains(&queue) => {
+            WriteOp::Enqueue { queue, entry } if self.is_dropped(queue) => {
                 self.release(entry.message_id);
             }
             WriteOp::UpdateEntry { queue, .. } | WriteOp::Remove { queue, .. }
-                if self.dropped_queues.contains(&queue) => {}
+                if self.is_dropped(queue) => {}
             WriteOp::Enqueue { queue, entry } => {
                 let value = Value::Index(codec::encode_index_value(&entry));
                 self.put(Key::Index(queue, entry.seq), value, true);
@@ -113,6 +113,21 @@ impl<'a> PendingBatch<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Both sets are nearly always empty: skip hashing then (std's SipHash, per op).
+    fn is_dropped(&self, queue: QueueId) -> bool {
+        !self.dropped_queues.is_empty() && self.dropped_queues.contains(&queue)
+    }
+
+    fn shared_count(&self, id: MessageId) -> Option<u32> {
+        if self.ref_changes.is_empty() && self.multi_refs.is_empty() {
+            return None;
+        }
+        self.ref_changes
+            .get(&id)
+            .or_else(|| self.multi_refs.get(&id))
+            .copied()
     }
 
     pub(crate) fn put(&mut self, key: Key, value: Value, fresh: bool) {
@@ -154,12 +169,7 @@ impl<'a> PendingBatch<'a> {
 
     /// One reference to `id` is gone; deletes the message when it was the last.
     fn release(&mut self, id: MessageId) {
-        let count = self
-            .ref_changes
-            .get(&id)
-            .or_else(|| self.multi_refs.get(&id))
-            .copied();
-        match count {
+        match self.shared_count(id) {
             Some(count) if count > 1 => {
                 self.ref_changes.insert(id, count - 1);
             }
