@@ -9,10 +9,19 @@
 //! | `meta`        | kind (u8) ++ opaque key               | opaque value                           |
 //! | `messages`    | message id (u64 BE)                   | 1 ++ (u32 BE len ++ bytes) x 3 ++ body |
 //! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | message id u64, delivery count u32, flags u8, size u32, expires-at u64 (BE) |
+//!
+//! The clean-shutdown record (`meta`, internal kind, `c`): format u8, next message id u64,
+//! queue count u32, then per queue id, first, count, bytes, next (u64 each), then multi-
+//! reference count u32 and per message id u64 ++ references u32 (all BE).
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::{IndexEntry, MessageId, MetaKind, QueueId, Seq, StorageError, StoredMessage};
+use crate::recovery::Contents;
+use crate::{
+    IndexEntry, MessageId, MetaKind, QueueId, QueueStats, Seq, StorageError, StoredMessage,
+};
 
 const MESSAGE_FORMAT: u8 = 1;
 const FLAG_DELIVERED: u8 = 1;
@@ -25,6 +34,9 @@ pub(crate) const INDEX_VALUE_LEN: usize = 25;
 const INTERNAL_KIND: u8 = 0xFF;
 pub(crate) const FORMAT_KEY: &[u8] = &[INTERNAL_KIND, b'f'];
 pub(crate) const ID_CEILING_KEY: &[u8] = &[INTERNAL_KIND, b'i'];
+/// Written by `Store::close`, deleted by the next open; see `recovery`.
+pub(crate) const CLEAN_SHUTDOWN_KEY: &[u8] = &[INTERNAL_KIND, b'c'];
+const CLEAN_SHUTDOWN_FORMAT: u8 = 1;
 pub(crate) const STORE_FORMAT: u8 = 2;
 
 pub(crate) fn meta_kind_byte(kind: MetaKind) -> u8 {
@@ -121,6 +133,82 @@ pub(crate) fn index_value_message_id(value: &[u8]) -> Result<MessageId, StorageE
             value.len()
         ))),
     }
+}
+
+/// Just the body size of an index value.
+pub(crate) fn index_value_size(value: &[u8]) -> Result<u32, StorageError> {
+    match value.get(13..17) {
+        Some(size) if value.len() == INDEX_VALUE_LEN => be_u32(size),
+        _ => Err(StorageError::corrupt(format!(
+            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            value.len()
+        ))),
+    }
+}
+
+pub(crate) fn encode_clean_shutdown(contents: &Contents) -> Vec<u8> {
+    let mut queues: Vec<_> = contents.queues.iter().collect();
+    queues.sort_unstable_by_key(|(id, _)| **id);
+    let mut multi: Vec<_> = contents.multi_refs.iter().collect();
+    multi.sort_unstable_by_key(|(id, _)| **id);
+    let mut out = Vec::with_capacity(17 + queues.len() * 40 + multi.len() * 12);
+    out.push(CLEAN_SHUTDOWN_FORMAT);
+    out.extend_from_slice(&contents.next_id.to_be_bytes());
+    // Queue ids and multi-reference counts are far below 4 G entries.
+    out.extend_from_slice(&(queues.len() as u32).to_be_bytes());
+    for (id, stats) in queues {
+        for field in [*id, stats.first, stats.count, stats.bytes, stats.next] {
+            out.extend_from_slice(&field.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&(multi.len() as u32).to_be_bytes());
+    for (id, count) in multi {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_clean_shutdown(value: &[u8]) -> Result<Contents, StorageError> {
+    let corrupt = |why: &str| StorageError::corrupt(format!("clean-shutdown record: {why}"));
+    let mut rest = value;
+    let mut take = |n: usize| -> Result<&[u8], StorageError> {
+        let (head, tail) = rest
+            .split_at_checked(n)
+            .ok_or_else(|| corrupt("truncated"))?;
+        rest = tail;
+        Ok(head)
+    };
+    if take(1)? != [CLEAN_SHUTDOWN_FORMAT] {
+        return Err(corrupt("unknown format"));
+    }
+    let next_id = be_u64(take(8)?)?;
+    let queue_count = be_u32(take(4)?)?;
+    let mut queues = HashMap::new();
+    for _ in 0..queue_count {
+        let id = be_u64(take(8)?)?;
+        let stats = QueueStats {
+            first: be_u64(take(8)?)?,
+            count: be_u64(take(8)?)?,
+            bytes: be_u64(take(8)?)?,
+            next: be_u64(take(8)?)?,
+        };
+        queues.insert(id, stats);
+    }
+    let multi_count = be_u32(take(4)?)?;
+    let mut multi_refs = HashMap::new();
+    for _ in 0..multi_count {
+        let id = be_u64(take(8)?)?;
+        multi_refs.insert(id, be_u32(take(4)?)?);
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(Contents {
+        queues,
+        multi_refs,
+        next_id,
+    })
 }
 
 pub(crate) fn encode_message(message: &StoredMessage) -> Vec<u8> {
@@ -220,6 +308,35 @@ mod tests {
         assert_eq!(decode_index_key(&index_key(3, 9)).unwrap(), (3, 9));
         assert!(decode_index_value(9, &[0; 5]).is_err());
         assert!(decode_index_key(&[0; 15]).is_err());
+    }
+
+    #[test]
+    fn clean_shutdown_record_round_trips_and_truncation_is_corrupt() {
+        let mut contents = Contents {
+            next_id: 77,
+            ..Contents::default()
+        };
+        contents.queues.insert(
+            3,
+            QueueStats {
+                first: 5,
+                count: 2,
+                bytes: 200,
+                next: 9,
+            },
+        );
+        contents.multi_refs.insert(12, 3);
+        let encoded = encode_clean_shutdown(&contents);
+        assert_eq!(decode_clean_shutdown(&encoded).unwrap(), contents);
+        for cut in 0..encoded.len() {
+            assert!(
+                decode_clean_shutdown(&encoded[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(decode_clean_shutdown(&longer).is_err());
     }
 
     #[test]

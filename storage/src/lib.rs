@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use error::StorageError;
-pub use store::Store;
+pub use store::{Recovery, Store};
 
 pub type QueueId = u64;
 pub type MessageId = u64;
@@ -85,6 +85,19 @@ pub enum WriteOp {
     },
     /// Removes every entry of the queue (queue deleted or purged), with the same message GC.
     DropQueue { queue: QueueId },
+}
+
+/// What the store held for one queue when it was opened, so the broker need not count the
+/// queue's index at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Seq of the first entry (entries start at or after it).
+    pub first: Seq,
+    /// Entries, and the sum of their `size`s.
+    pub count: u64,
+    pub bytes: u64,
+    /// One past the seq of the last entry: where the queue continues.
+    pub next: Seq,
 }
 
 /// A metadata record as stored: (key, value), both opaque.

@@ -1,18 +1,24 @@
-//! What `Store::open` does before the writer starts: check the store's format, rebuild the
-//! reference counts of multi-queue messages, remove what a crash left behind, and find where
-//! message ids continue.
+//! What `Store::open` does before the writer starts, and what `Store::close` leaves for it.
 //!
-//! Only keys and index values are read, never message bodies: `queue_index` once (twice if it
-//! holds entries whose message is gone), and the keys of `messages` once. Memory is one `u64`
-//! per index entry while it runs.
+//! After a clean close the store holds a *clean-shutdown record*: each queue's extent (first
+//! and next seq, count, bytes), the reference counts of multi-queue messages and where message
+//! ids continue. `open` then reads that one record instead of scanning anything, and deletes
+//! it (durably, before any write) so that a crash in the new run is noticed at the next open.
+//!
+//! Without the record (a crash, a kill, a store dropped without `close`) `open` scans: the
+//! queue index once (twice if it holds entries whose message is gone) and the keys of
+//! `messages` once, never message bodies. It rebuilds the reference counts and queue extents,
+//! drops paged-out transient entries, removes messages no entry references (a crash between a
+//! publish and its enqueues) and entries whose message is missing. Memory while it runs is
+//! one `u64` per index entry.
 
 use std::collections::{HashMap, HashSet};
 
-use fjall::{Database, PersistMode};
+use fjall::{Database, OwnedWriteBatch, PersistMode};
 
 use crate::codec;
 use crate::store::{ID_BLOCK, Keyspaces};
-use crate::{MessageId, StorageError};
+use crate::{MessageId, QueueId, QueueStats, StorageError};
 
 pub(crate) struct Recovered {
     /// Counts of messages that more than one index entry references.
@@ -21,13 +27,17 @@ pub(crate) struct Recovered {
     pub(crate) next_id: MessageId,
     /// Ids below this are reserved on disk (written before `open` returns).
     pub(crate) id_ceiling: MessageId,
+    /// Every queue with entries in the index.
+    pub(crate) queues: HashMap<QueueId, QueueStats>,
+    /// The previous run closed the store (or there was none): nothing was scanned.
+    pub(crate) clean: bool,
 }
 
 pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, StorageError> {
     let mut batch = db.batch().durability(Some(PersistMode::SyncData));
 
-    match ks.meta.get(codec::FORMAT_KEY)? {
-        Some(format) if format.as_ref() == [codec::STORE_FORMAT] => {}
+    let fresh = match ks.meta.get(codec::FORMAT_KEY)? {
+        Some(format) if format.as_ref() == [codec::STORE_FORMAT] => false,
         Some(format) => {
             return Err(StorageError::corrupt(format!(
                 "store format marker {:?} (this build reads format {})",
@@ -35,30 +45,91 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
                 codec::STORE_FORMAT
             )));
         }
-        None => batch.insert(&ks.meta, codec::FORMAT_KEY, [codec::STORE_FORMAT]),
-    }
+        None => {
+            batch.insert(&ks.meta, codec::FORMAT_KEY, [codec::STORE_FORMAT]);
+            true
+        }
+    };
 
-    // Every message id the index references, sorted, with repeats.
-    let started = std::time::Instant::now();
+    let ceiling = match ks.meta.get(codec::ID_CEILING_KEY)? {
+        Some(value) => codec::be_u64(&value)?,
+        None => 0,
+    };
+    let (scan, clean) = match ks.meta.get(codec::CLEAN_SHUTDOWN_KEY)? {
+        Some(record) => {
+            // Gone before anything else is written: a crash from here on must be noticed.
+            batch.remove(&ks.meta, codec::CLEAN_SHUTDOWN_KEY);
+            (codec::decode_clean_shutdown(&record)?, true)
+        }
+        None if fresh => (Contents::default(), true),
+        None => (scan_after_crash(ks, &mut batch)?, false),
+    };
+
+    let next_id = ceiling.max(scan.next_id).max(1);
+    let id_ceiling = next_id.saturating_add(ID_BLOCK);
+    batch.insert(&ks.meta, codec::ID_CEILING_KEY, id_ceiling.to_be_bytes());
+    batch.commit()?;
+
+    Ok(Recovered {
+        multi_refs: scan.multi_refs,
+        next_id,
+        id_ceiling,
+        queues: scan.queues,
+        clean,
+    })
+}
+
+/// What a scan (or a clean-shutdown record) says about the store's contents.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Contents {
+    pub(crate) queues: HashMap<QueueId, QueueStats>,
+    pub(crate) multi_refs: HashMap<MessageId, u32>,
+    /// Above every message id on disk.
+    pub(crate) next_id: MessageId,
+}
+
+/// One pass over the queue index: the extent of every queue, and every message id referenced
+/// (sorted, with repeats). Transient entries are left out and their keys and message ids
+/// returned, for the caller to delete.
+struct IndexScan {
+    queues: HashMap<QueueId, QueueStats>,
+    referenced: Vec<MessageId>,
+    transient: Vec<(fjall::Slice, MessageId)>,
+}
+
+fn scan_index(ks: &Keyspaces) -> Result<IndexScan, StorageError> {
+    let mut queues: HashMap<QueueId, QueueStats> = HashMap::new();
     let mut referenced = Vec::new();
-    let mut transient = 0u64;
+    let mut transient = Vec::new();
     for guard in ks.index.iter() {
         let (key, value) = guard.into_inner()?;
-        codec::decode_index_key(&key)?;
+        let (queue, seq) = codec::decode_index_key(&key)?;
         let id = codec::index_value_message_id(&value)?;
         if codec::index_value_is_transient(&value) {
             // Paged-out transient messages do not survive a restart.
-            batch.remove(&ks.index, key);
-            transient += 1;
+            transient.push((key, id));
             continue;
         }
+        let size = codec::index_value_size(&value)?;
+        let stats = queues.entry(queue).or_insert(QueueStats {
+            first: seq,
+            ..QueueStats::default()
+        });
+        stats.count += 1;
+        stats.bytes += u64::from(size);
+        stats.next = seq.saturating_add(1);
         referenced.push(id);
     }
-    if transient > 0 {
-        tracing::info!(entries = transient, "dropped paged-out transient messages");
-    }
     referenced.sort_unstable();
+    Ok(IndexScan {
+        queues,
+        referenced,
+        transient,
+    })
+}
 
+/// Reference counts of ids referenced more than once, and the distinct ids.
+fn count_references(referenced: &[MessageId]) -> (HashMap<MessageId, u32>, Vec<MessageId>) {
     let mut multi_refs = HashMap::new();
     let mut distinct = Vec::with_capacity(referenced.len());
     for run in referenced.chunk_by(|a, b| a == b) {
@@ -68,6 +139,26 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
             multi_refs.insert(run[0], count);
         }
     }
+    (multi_refs, distinct)
+}
+
+fn scan_after_crash(ks: &Keyspaces, batch: &mut OwnedWriteBatch) -> Result<Contents, StorageError> {
+    let started = std::time::Instant::now();
+    let IndexScan {
+        mut queues,
+        referenced,
+        transient,
+    } = scan_index(ks)?;
+    if !transient.is_empty() {
+        tracing::info!(
+            entries = transient.len(),
+            "dropped paged-out transient messages"
+        );
+    }
+    for (key, _) in transient {
+        batch.remove(&ks.index, key);
+    }
+    let (mut multi_refs, distinct) = count_references(&referenced);
     drop(referenced);
 
     // Walk stored messages and referenced ids together, both in id order: a message nobody
@@ -104,40 +195,69 @@ pub(crate) fn recover(db: &Database, ks: &Keyspaces) -> Result<Recovered, Storag
         for guard in ks.index.iter() {
             let (key, value) = guard.into_inner()?;
             let id = codec::index_value_message_id(&value)?;
-            if dangling.contains(&id) {
+            if dangling.contains(&id) && !codec::index_value_is_transient(&value) {
+                let (queue, _) = codec::decode_index_key(&key)?;
+                if let Some(stats) = queues.get_mut(&queue) {
+                    stats.count = stats.count.saturating_sub(1);
+                    let size = codec::index_value_size(&value)?;
+                    stats.bytes = stats.bytes.saturating_sub(u64::from(size));
+                }
                 batch.remove(&ks.index, key);
             }
         }
+        queues.retain(|_, stats| stats.count > 0);
         multi_refs.retain(|id, _| !dangling.contains(id));
         tracing::warn!(
             messages = dangling.len(),
             "dropped queue index entries whose message is missing"
         );
     }
-    tracing::debug!(
+    tracing::info!(
         index_scan_ms = index_ms,
         message_scan_ms = started.elapsed().as_millis() as u64 - index_ms,
         entries = distinct_count,
-        "store recovery scans"
+        "store was not closed cleanly: scanned it"
     );
     if orphans > 0 {
         tracing::info!(orphans, "removed messages no queue references");
     }
+    Ok(Contents {
+        queues,
+        multi_refs,
+        next_id: max_id.map_or(0, |id| id.saturating_add(1)),
+    })
+}
 
-    let ceiling = match ks.meta.get(codec::ID_CEILING_KEY)? {
-        Some(value) => codec::be_u64(&value)?,
-        None => 0,
-    };
-    let next_id = ceiling
-        .max(max_id.map_or(0, |id| id.saturating_add(1)))
-        .max(1);
-    let id_ceiling = next_id.saturating_add(ID_BLOCK);
-    batch.insert(&ks.meta, codec::ID_CEILING_KEY, id_ceiling.to_be_bytes());
-    batch.commit()?;
-
-    Ok(Recovered {
+/// Run by `Store::close` once the writer has stopped: drops paged-out transient entries (and
+/// the messages only they held), and writes the clean-shutdown record, in one durable batch.
+pub(crate) fn write_clean_shutdown(
+    db: &Database,
+    ks: &Keyspaces,
+    next_id: MessageId,
+) -> Result<(), StorageError> {
+    let mut batch = db.batch().durability(Some(PersistMode::SyncData));
+    let IndexScan {
+        queues,
+        referenced,
+        transient,
+    } = scan_index(ks)?;
+    for (key, id) in transient {
+        batch.remove(&ks.index, key);
+        if referenced.binary_search(&id).is_err() {
+            batch.remove(&ks.messages, codec::message_key(id));
+        }
+    }
+    let (multi_refs, _) = count_references(&referenced);
+    let contents = Contents {
+        queues,
         multi_refs,
         next_id,
-        id_ceiling,
-    })
+    };
+    batch.insert(
+        &ks.meta,
+        codec::CLEAN_SHUTDOWN_KEY,
+        codec::encode_clean_shutdown(&contents),
+    );
+    batch.commit()?;
+    Ok(())
 }

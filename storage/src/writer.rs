@@ -48,6 +48,8 @@ pub(crate) enum Work {
     RaiseIdCeiling(u64),
     /// Nothing to write: completes once everything before it is durable.
     Barrier,
+    /// Like `Barrier`, then the writer stops: later submissions fail with `WriterStopped`.
+    Close,
 }
 
 impl Submission {
@@ -158,7 +160,22 @@ impl Writer {
                     }
                 }
             }
+            let closing = group.iter().any(|s| matches!(s.work, Work::Close));
             self.commit(&mut group);
+            if closing {
+                break;
+            }
+        }
+        // Only after `Store::close`: nothing queued behind it may reach the disk.
+        while let Ok(submission) = self.queue.try_recv() {
+            if let Some(callback) = submission.on_durable
+                && catch_unwind(AssertUnwindSafe(|| {
+                    callback(Err(StorageError::WriterStopped))
+                }))
+                .is_err()
+            {
+                tracing::error!("a storage on_durable callback panicked");
+            }
         }
     }
 
@@ -226,7 +243,7 @@ impl Writer {
                 }
                 Work::DeleteMeta { key } => batch.delete(Key::Meta(std::mem::take(key))),
                 Work::RaiseIdCeiling(ceiling) => id_ceiling = id_ceiling.max(*ceiling),
-                Work::Barrier => {}
+                Work::Barrier | Work::Close => {}
             }
         }
         if id_ceiling > self.id_ceiling {

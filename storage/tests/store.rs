@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use warren_storage::{
-    IndexEntry, MessageId, MetaKind, StorageError, Store, StoreOptions, StoredMessage, WriteOp,
+    IndexEntry, MessageId, MetaKind, QueueStats, Recovery, StorageError, Store, StoreOptions,
+    StoredMessage, WriteOp,
 };
 
 fn open(dir: &Path) -> Store {
@@ -228,30 +229,32 @@ fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
     assert_eq!(store.read_message(1).unwrap(), None);
 }
 
+/// Queue 1: seq 0 a paged-out transient message (1), seq 1 a persistent one (2).
+fn write_paged_and_kept(store: &Store) {
+    let paged = WriteOp::Enqueue {
+        queue: 1,
+        entry: IndexEntry {
+            transient: true,
+            ..entry(0, 1)
+        },
+    };
+    write(
+        store,
+        vec![
+            put(1, "paged", 1),
+            paged,
+            put(2, "kept", 1),
+            enqueue(1, 1, 2),
+        ],
+    )
+    .unwrap();
+    assert_eq!(store.read_entries(1, 0, 10).unwrap().len(), 2);
+}
+
 #[test]
 fn transient_entries_and_their_messages_are_dropped_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(dir.path());
-        let paged = WriteOp::Enqueue {
-            queue: 1,
-            entry: IndexEntry {
-                transient: true,
-                ..entry(0, 1)
-            },
-        };
-        write(
-            &store,
-            vec![
-                put(1, "paged", 1),
-                paged,
-                put(2, "kept", 1),
-                enqueue(1, 1, 2),
-            ],
-        )
-        .unwrap();
-        assert_eq!(store.read_entries(1, 0, 10).unwrap().len(), 2);
-    }
+    write_paged_and_kept(&open(dir.path()));
     let store = open(dir.path());
     let left = store.read_entries(1, 0, 10).unwrap();
     assert_eq!(seqs(&left), [1]);
@@ -362,6 +365,133 @@ fn orphan_messages_and_dangling_entries_are_removed_at_open() {
     assert_eq!(store.read_message(1).unwrap(), None);
     assert_eq!(store.read_message(2).unwrap(), Some(message("kept")));
     assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [0]);
+}
+
+/// Queue 1: seqs 0..3 (message 3 shared with queue 2), seq 0 then acked. Queue 2: seq 5.
+/// Message 9 is an orphan (no entry), as a crash between publish and enqueue leaves one.
+fn write_two_queues(store: &Store) {
+    write(
+        store,
+        vec![
+            put(1, "one", 1),
+            put(2, "two", 1),
+            put(3, "shared", 2),
+            put(9, "orphan", 1),
+            enqueue(1, 0, 1),
+            enqueue(1, 1, 2),
+            enqueue(1, 2, 3),
+            enqueue(2, 5, 3),
+        ],
+    )
+    .unwrap();
+    write(store, vec![remove(1, 0, 1)]).unwrap();
+}
+
+fn stats(first: u64, count: u64, next: u64) -> Option<QueueStats> {
+    Some(QueueStats {
+        first,
+        count,
+        bytes: count * 10,
+        next,
+    })
+}
+
+/// A store with `write_two_queues` done, closed cleanly and opened again.
+fn two_queues_closed_and_reopened(dir: &Path) -> Store {
+    let store = open(dir);
+    write_two_queues(&store);
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir);
+    assert_eq!(store.recovery(), Recovery::Clean);
+    store
+}
+
+#[test]
+fn a_new_store_opens_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(open(dir.path()).recovery(), Recovery::Clean);
+}
+
+#[test]
+fn a_closed_store_reopens_without_scanning_and_knows_each_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_queues_closed_and_reopened(dir.path());
+    assert_eq!(store.take_recovered_queue(1), stats(1, 2, 3));
+    assert_eq!(store.take_recovered_queue(2), stats(5, 1, 6));
+    assert_eq!(store.take_recovered_queue(1), None, "handed out once");
+    assert_eq!(store.take_recovered_queue(7), None);
+    // Nothing was scanned: the orphan is still there (a crash-time scan would remove it).
+    assert!(store.read_message(9).unwrap().is_some());
+    // The shared message's count came through the close: one remove keeps it.
+    write(&store, vec![remove(1, 2, 3)]).unwrap();
+    assert!(store.read_message(3).unwrap().is_some());
+    write(&store, vec![remove(2, 5, 3)]).unwrap();
+    assert_eq!(store.read_message(3).unwrap(), None);
+}
+
+#[test]
+fn a_store_not_closed_is_scanned_at_the_next_open_as_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write_two_queues(&store);
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Scanned);
+    assert_eq!(store.take_recovered_queue(1), stats(1, 2, 3));
+    assert_eq!(store.take_recovered_queue(2), stats(5, 1, 6));
+    assert_eq!(store.read_message(9).unwrap(), None, "orphan removed");
+    write(&store, vec![remove(1, 2, 3)]).unwrap();
+    assert!(store.read_message(3).unwrap().is_some());
+}
+
+#[test]
+fn a_crash_after_a_clean_restart_is_still_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = two_queues_closed_and_reopened(dir.path());
+    write(&store, vec![put(20, "later", 1), enqueue(1, 3, 20)]).unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Scanned);
+    assert_eq!(store.take_recovered_queue(1), stats(1, 3, 4));
+}
+
+#[test]
+fn submissions_after_close_fail_and_never_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write_two_queues(&store);
+    store.close().unwrap();
+    assert!(matches!(
+        write(&store, vec![put(30, "late", 1), enqueue(1, 3, 30)]),
+        Err(StorageError::WriterStopped)
+    ));
+    assert!(store.close().is_err());
+    // Reads still work after close.
+    assert_eq!(store.read_message(2).unwrap(), Some(message("two")));
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Clean);
+    assert_eq!(store.read_message(30).unwrap(), None);
+    assert_eq!(store.take_recovered_queue(1), stats(1, 2, 3));
+}
+
+#[test]
+fn close_drops_paged_out_transient_entries_and_their_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    write_paged_and_kept(&store);
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Clean);
+    assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [1]);
+    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.take_recovered_queue(1), stats(1, 1, 2));
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Start-up: rebuilding durable topology and queues from the store.
 //!
-//! Queues are rebuilt from the message index alone (positions, delivery counts, flags): no
-//! body is read here. Bodies are read back in batches as consumers reach them.
+//! Queues are rebuilt from the extents the store found when it opened (first and next seq,
+//! count, bytes): neither the index nor any body is read here. Entries and bodies are read
+//! back in batches as consumers reach them.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use warren_storage::{MetaKind, QueueId, StorageError, Store};
+use warren_storage::{MetaKind, StorageError, Store};
 
 use super::Durability;
 use super::records::{BindingRecord, ExchangeRecord, QueueRecord};
@@ -16,9 +17,6 @@ use crate::queue::{
     DiskRun, Queue, QueueArguments, QueueDefaults, QueuePolicy, QueueSettings, QueueStore,
 };
 use crate::vhost::VHost;
-
-/// Index entries read per step while counting a queue.
-const SCAN_CHUNK: usize = 65_536;
 
 /// Rebuilds the default vhost from the store.
 pub fn recover(
@@ -45,8 +43,13 @@ pub fn recover(
 
     let mut total_messages = 0u64;
     for record in queue_records.into_iter().filter(|r| r.vhost == "/") {
-        let queue_started = Instant::now();
-        let (disk, next_seq) = scan_index(&store, record.id)?;
+        let stats = store.take_recovered_queue(record.id);
+        let disk = stats.map(|s| DiskRun {
+            next: s.first,
+            count: s.count,
+            bytes: s.bytes,
+        });
+        let next_seq = stats.map_or(0, |s| s.next);
         let messages = disk.map_or(0, |d| d.count);
         total_messages += messages;
         let arguments = QueueArguments::parse(&record.arguments, &record.name, "/")
@@ -74,12 +77,7 @@ pub fn recover(
             disk,
             next_seq,
         );
-        tracing::info!(
-            queue = %record.name,
-            messages,
-            elapsed_ms = queue_started.elapsed().as_millis() as u64,
-            "recovered queue"
-        );
+        tracing::info!(queue = %record.name, messages, "recovered queue");
         vhost.restore_queue(Arc::new(queue));
     }
 
@@ -102,33 +100,6 @@ pub fn recover(
         "recovery complete"
     );
     Ok(vhost)
-}
-
-/// Counts a queue's stored entries and finds where they start and end.
-fn scan_index(store: &Store, queue: QueueId) -> Result<(Option<DiskRun>, u64), StorageError> {
-    let mut first = None;
-    let mut count = 0u64;
-    let mut bytes = 0u64;
-    let mut next = 0u64;
-    loop {
-        let chunk = store.read_entries(queue, next, SCAN_CHUNK)?;
-        let Some(last) = chunk.last() else {
-            break;
-        };
-        first = first.or(chunk.first().map(|e| e.seq));
-        count += chunk.len() as u64;
-        bytes += chunk.iter().map(|e| u64::from(e.size)).sum::<u64>();
-        next = last.seq + 1;
-        if chunk.len() < SCAN_CHUNK {
-            break;
-        }
-    }
-    let disk = first.map(|first| DiskRun {
-        next: first,
-        count,
-        bytes,
-    });
-    Ok((disk, next))
 }
 
 fn decode_all<T, E: std::fmt::Display>(
