@@ -8,5 +8,5 @@ cd "$(dirname "$0")"
 echo "== Rust workspace: unit, property, interop (lapin, raw sockets) and durability tests"
 cargo test --workspace
 
-echo "== real client libraries against Warren (Python, JavaScript, Go, Ruby, PHP, Java, C, Celery)"
+echo "== real client libraries against Warren (Rust, Python, JavaScript, Go, Ruby, PHP, Java, C, Celery)"
 bash interop-tests/clients/run.sh
