@@ -32,6 +32,9 @@ pub(crate) enum Value {
     Index([u8; INDEX_VALUE_LEN]),
 }
 
+/// New counts of multi-reference messages; 0 means forget it.
+pub(crate) type RefChanges = FastMap<MessageId, u32>;
+
 /// The last write to one key within a batch.
 struct Pending {
     /// `None` deletes.
@@ -47,8 +50,7 @@ pub(crate) struct PendingBatch<'a> {
     multi_refs: &'a HashMap<MessageId, u32>,
     dropped_queues: &'a mut HashSet<u64>,
     writes: FastMap<Key, Pending>,
-    /// New counts of multi-reference messages; 0 means forget it.
-    ref_changes: FastMap<MessageId, u32>,
+    ref_changes: RefChanges,
 }
 
 impl<'a> PendingBatch<'a> {
@@ -64,7 +66,7 @@ impl<'a> PendingBatch<'a> {
             multi_refs,
             dropped_queues,
             writes: FastMap::with_capacity_and_hasher(ops, Default::default()),
-            ref_changes: FastMap::default(),
+            ref_changes: RefChanges::default(),
         }
     }
 
@@ -208,7 +210,7 @@ impl<'a> PendingBatch<'a> {
 
     /// Moves the folded writes into `batch`; hands back the reference-count changes, to apply
     /// once the batch is durable.
-    pub(crate) fn write_into(self, batch: &mut OwnedWriteBatch) -> Vec<(MessageId, u32)> {
+    pub(crate) fn write_into(self, batch: &mut OwnedWriteBatch) -> RefChanges {
         let ks = self.ks;
         for (key, pending) in self.writes {
             let (keyspace, key): (&Keyspace, fjall::UserKey) = match key {
@@ -227,6 +229,6 @@ impl<'a> PendingBatch<'a> {
                 None => batch.remove(keyspace, key),
             }
         }
-        self.ref_changes.into_iter().collect()
+        self.ref_changes
     }
 }

@@ -111,11 +111,8 @@ impl Drop for Inner {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if std::thread::current().id() != self.writer_thread
-            && let Some(writer) = writer
-            && writer.join().is_err()
-        {
-            tracing::error!("storage writer thread panicked");
+        if std::thread::current().id() != self.writer_thread {
+            join_writer(writer);
         }
     }
 }
@@ -218,17 +215,13 @@ impl Store {
     pub fn close(&self) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         self.submit_and_wait("close", Work::Close)?;
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(writer) = writer
-            && writer.join().is_err()
-        {
-            tracing::error!("storage writer thread panicked");
-        }
+        join_writer(
+            self.inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         // The writer is gone, so nothing else writes from here on.
         let next_id = self.inner.next_id.load(Ordering::Relaxed);
         crate::recovery::write_clean_shutdown(&self.inner.db, &self.inner.ks, next_id)?;
@@ -454,6 +447,15 @@ fn disk_free(path: &Path) -> Result<u64, StorageError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::Unsupported, "statvfs needs unix"),
     })
+}
+
+/// Waits for the writer thread (if not already joined) to finish.
+fn join_writer(writer: Option<JoinHandle<()>>) {
+    if let Some(writer) = writer
+        && writer.join().is_err()
+    {
+        tracing::error!("storage writer thread panicked");
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, PersistMode};
 
 use crate::codec;
-use crate::pending::{Key, PendingBatch, Value};
+use crate::pending::{Key, PendingBatch, RefChanges, Value};
 use crate::store::Keyspaces;
 use crate::{DurableCallback, MessageId, StorageError, StoreStats, WriteOp};
 
@@ -168,13 +168,8 @@ impl Writer {
         }
         // Only after `Store::close`: nothing queued behind it may reach the disk.
         while let Ok(submission) = self.queue.try_recv() {
-            if let Some(callback) = submission.on_durable
-                && catch_unwind(AssertUnwindSafe(|| {
-                    callback(Err(StorageError::WriterStopped))
-                }))
-                .is_err()
-            {
-                tracing::error!("a storage on_durable callback panicked");
+            if let Some(callback) = submission.on_durable {
+                complete(callback, Err(StorageError::WriterStopped));
             }
         }
     }
@@ -209,11 +204,7 @@ impl Writer {
                     reason: reason.clone(),
                 }),
             };
-            // A panicking callback is the caller's bug; it must not take the writer down with
-            // it, or every later submission would hang.
-            if catch_unwind(AssertUnwindSafe(|| callback(result))).is_err() {
-                tracing::error!("a storage on_durable callback panicked");
-            }
+            complete(callback, result);
         }
     }
 
@@ -252,7 +243,7 @@ impl Writer {
         }
 
         let ref_changes = if batch.is_empty() {
-            Vec::new()
+            RefChanges::default()
         } else {
             let mut fjall_batch = self.db.batch().durability(Some(PersistMode::SyncData));
             let ref_changes = batch.write_into(&mut fjall_batch);
@@ -275,6 +266,14 @@ impl Writer {
             .messages_written
             .fetch_add(messages, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Runs an `on_durable` callback. A panicking callback is the caller's bug; it must not take
+/// the writer down with it, or every later submission would hang.
+fn complete(callback: DurableCallback, result: Result<(), StorageError>) {
+    if catch_unwind(AssertUnwindSafe(|| callback(result))).is_err() {
+        tracing::error!("a storage on_durable callback panicked");
     }
 }
 

@@ -178,16 +178,11 @@ impl Connection {
             return;
         }
         let exit = self.main_loop(&session, shutdown).await;
+        let client_closed = matches!(exit, Exit::ClientClosed);
         match exit {
             Exit::ClientClosed => {
                 let _ = self.flush().await;
                 tracing::info!("client closed the connection");
-                self.cleanup(&session.vhost);
-                // As RabbitMQ does, leave closing the socket to the client after close-ok:
-                // some clients (lapin) report a connection whose socket closes under them
-                // before they saw close-ok as failed rather than closed.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_peer_close()).await;
-                return;
             }
             Exit::Error(error) => self.close_with(error).await,
             Exit::PeerGone => tracing::info!("client went away without closing the connection"),
@@ -197,6 +192,12 @@ impl Connection {
             ),
         }
         self.cleanup(&session.vhost);
+        if client_closed {
+            // As RabbitMQ does, leave closing the socket to the client after close-ok:
+            // some clients (lapin) report a connection whose socket closes under them
+            // before they saw close-ok as failed rather than closed.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.await_peer_close()).await;
+        }
     }
 
     async fn main_loop(&mut self, session: &Session, mut shutdown: watch::Receiver<bool>) -> Exit {
