@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use warren_storage::WriteOp;
+use warren_storage::{Placement, WriteOp};
 
 use crate::durable::StoreBatch;
 use crate::message::{Message, QueueEntry, now_ms};
@@ -48,18 +48,21 @@ pub fn enqueue_routed(
     let persistent = message.properties.delivery_mode() == Some(2);
     let written = |q: &Queue| q.store.is_some() && (paging || (persistent && q.is_durable()));
     let references = queues.iter().filter(|q| written(q)).count() as u32;
+    let placement = Placement::for_message(references, message.stored_size());
     let store_id = match batch.store() {
-        Some(store) if references > 0 => Some(store.next_message_id()),
+        Some(store) if references > 0 => Some(store.next_message_id(placement)),
         _ => None,
     };
     let message_ttl = message_expiration(&message);
     let message = Arc::new(message.with_store_id(store_id));
     if let Some(id) = store_id {
-        batch.push(WriteOp::PutMessage {
-            id,
-            message: message.to_stored(),
-            references,
-        });
+        if placement == Placement::Separate {
+            batch.push(WriteOp::PutMessage {
+                id,
+                message: message.to_stored(),
+                references,
+            });
+        }
         batch.written(Arc::clone(&message));
         outcome.wrote = true;
     }
@@ -85,9 +88,12 @@ pub fn enqueue_routed(
             expires_at,
         };
         if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
+            // An inline message travels with the one entry that holds it.
+            let message = (placement == Placement::Inline).then(|| entry.message.to_stored());
             batch.push(WriteOp::Enqueue {
                 queue: qs.id,
                 entry: index,
+                message,
             });
         }
         batch.hold_enqueue(queue, entry);

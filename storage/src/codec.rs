@@ -8,7 +8,11 @@
 //! |---------------|---------------------------------------|----------------------------------------|
 //! | `meta`        | kind (u8) ++ opaque key               | opaque value                           |
 //! | `messages`    | message id (u64 BE)                   | 1 ++ (u32 BE len ++ bytes) x 3 ++ body |
-//! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | message id u64, delivery count u32, flags u8, size u32, expires-at u64 (BE) |
+//! | `queue_index` | queue id (u64 BE) ++ seq (u64 BE)     | header: message id u64, delivery count u32, flags u8, size u32, expires-at u64 (BE); then, for an inline message, its `messages` value |
+//!
+//! An index value longer than its header holds its message ([`crate::Placement::Inline`]); a
+//! bare header refers to a `messages` record by id. Format 2 stores held every message in
+//! `messages`; `recovery` moves them into their entries when it opens one.
 //!
 //! The clean-shutdown record (`meta`, internal kind, `c`): format u8, next message id u64,
 //! queue count u32, then per queue id, first, count, bytes, next (u64 each), then multi-
@@ -37,7 +41,9 @@ pub(crate) const ID_CEILING_KEY: &[u8] = &[INTERNAL_KIND, b'i'];
 /// Written by `Store::close`, deleted by the next open; see `recovery`.
 pub(crate) const CLEAN_SHUTDOWN_KEY: &[u8] = &[INTERNAL_KIND, b'c'];
 const CLEAN_SHUTDOWN_FORMAT: u8 = 1;
-pub(crate) const STORE_FORMAT: u8 = 2;
+pub(crate) const STORE_FORMAT: u8 = 3;
+/// The format before inline messages, which `recovery` converts.
+pub(crate) const STORE_FORMAT_SEPARATE_ONLY: u8 = 2;
 
 pub(crate) fn meta_kind_byte(kind: MetaKind) -> u8 {
     match kind {
@@ -99,13 +105,48 @@ pub(crate) fn encode_index_value(entry: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
     out
 }
 
+/// An index value with `message` stored inside it.
+pub(crate) fn encode_inline_entry(
+    header: &[u8; INDEX_VALUE_LEN],
+    message: &StoredMessage,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_VALUE_LEN + encoded_message_len(message));
+    out.extend_from_slice(header);
+    write_message(message, &mut out);
+    out
+}
+
+/// An index value whose inline message is already encoded (`tail`, as read back).
+pub(crate) fn encode_entry_with_tail(header: &[u8; INDEX_VALUE_LEN], tail: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_VALUE_LEN + tail.len());
+    out.extend_from_slice(header);
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The encoded inline message of an index value, if it has one.
+pub(crate) fn index_value_tail(value: &[u8]) -> Option<&[u8]> {
+    value.get(INDEX_VALUE_LEN..).filter(|tail| !tail.is_empty())
+}
+
+/// The inline message of an index value (`None`: the entry refers to a separate message).
+pub(crate) fn decode_inline_message(
+    id: MessageId,
+    value: &[u8],
+) -> Result<Option<StoredMessage>, StorageError> {
+    index_value_tail(value)
+        .map(|tail| decode_message(id, tail))
+        .transpose()
+}
+
 pub(crate) fn decode_index_value(seq: Seq, value: &[u8]) -> Result<IndexEntry, StorageError> {
-    if value.len() != INDEX_VALUE_LEN {
+    if value.len() < INDEX_VALUE_LEN {
         return Err(StorageError::corrupt(format!(
-            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            "queue index value of {} bytes (expected at least {INDEX_VALUE_LEN})",
             value.len()
         )));
     }
+    let value = &value[..INDEX_VALUE_LEN];
     Ok(IndexEntry {
         seq,
         message_id: be_u64(&value[..8])?,
@@ -127,9 +168,9 @@ pub(crate) fn index_value_is_transient(value: &[u8]) -> bool {
 /// Just the message id of an index value (recovery and GC never need the rest).
 pub(crate) fn index_value_message_id(value: &[u8]) -> Result<MessageId, StorageError> {
     match value.get(..8) {
-        Some(id) if value.len() == INDEX_VALUE_LEN => be_u64(id),
+        Some(id) if value.len() >= INDEX_VALUE_LEN => be_u64(id),
         _ => Err(StorageError::corrupt(format!(
-            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            "queue index value of {} bytes (expected at least {INDEX_VALUE_LEN})",
             value.len()
         ))),
     }
@@ -138,9 +179,9 @@ pub(crate) fn index_value_message_id(value: &[u8]) -> Result<MessageId, StorageE
 /// Just the body size of an index value.
 pub(crate) fn index_value_size(value: &[u8]) -> Result<u32, StorageError> {
     match value.get(13..17) {
-        Some(size) if value.len() == INDEX_VALUE_LEN => be_u32(size),
+        Some(size) if value.len() >= INDEX_VALUE_LEN => be_u32(size),
         _ => Err(StorageError::corrupt(format!(
-            "queue index value of {} bytes (expected {INDEX_VALUE_LEN})",
+            "queue index value of {} bytes (expected at least {INDEX_VALUE_LEN})",
             value.len()
         ))),
     }
@@ -212,17 +253,23 @@ pub(crate) fn decode_clean_shutdown(value: &[u8]) -> Result<Contents, StorageErr
 }
 
 pub(crate) fn encode_message(message: &StoredMessage) -> Vec<u8> {
-    let fields = [&message.exchange, &message.routing_key, &message.properties];
-    let len = 1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>() + message.body.len();
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::with_capacity(encoded_message_len(message));
+    write_message(message, &mut out);
+    out
+}
+
+fn encoded_message_len(message: &StoredMessage) -> usize {
+    1 + 3 * 4 + message.size()
+}
+
+fn write_message(message: &StoredMessage, out: &mut Vec<u8>) {
     out.push(MESSAGE_FORMAT);
-    for field in fields {
+    for field in [&message.exchange, &message.routing_key, &message.properties] {
         // AMQP bounds these far below 4 GiB (shortstr names, a frame's property list).
         out.extend_from_slice(&(field.len() as u32).to_be_bytes());
         out.extend_from_slice(field);
     }
     out.extend_from_slice(&message.body);
-    out
 }
 
 pub(crate) fn decode_message(id: MessageId, value: &[u8]) -> Result<StoredMessage, StorageError> {
@@ -307,6 +354,22 @@ mod tests {
         );
         assert_eq!(decode_index_key(&index_key(3, 9)).unwrap(), (3, 9));
         assert!(decode_index_value(9, &[0; 5]).is_err());
+        let header = encode_index_value(&entry);
+        assert_eq!(decode_inline_message(9, &header).unwrap(), None);
+        let message = StoredMessage {
+            exchange: Bytes::from_static(b"x"),
+            routing_key: Bytes::from_static(b"k"),
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"inline"),
+        };
+        let inline = encode_inline_entry(&header, &message);
+        assert_eq!(decode_index_value(9, &inline).unwrap(), entry);
+        assert_eq!(index_value_message_id(&inline).unwrap(), entry.message_id);
+        assert_eq!(index_value_size(&inline).unwrap(), entry.size);
+        assert_eq!(decode_inline_message(9, &inline).unwrap(), Some(message));
+        let tail = index_value_tail(&inline).unwrap();
+        assert_eq!(encode_entry_with_tail(&header, tail), inline);
+        assert!(decode_inline_message(9, &inline[..INDEX_VALUE_LEN + 3]).is_err());
         assert!(decode_index_key(&[0; 15]).is_err());
     }
 

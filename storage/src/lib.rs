@@ -2,8 +2,9 @@
 //!
 //! Responsibilities:
 //! - the data directory ([`DataDir`]) and the database in it ([`Store`]);
-//! - persistent messages, stored once however many queues hold them, and per-queue indexes
-//!   that scan in sequence order ([`WriteOp`], [`Store::read_entries`]);
+//! - persistent messages, inside their queue's index entry when one queue holds them, else
+//!   stored once however many queues hold them, and per-queue indexes that scan in sequence
+//!   order ([`WriteOp`], [`Placement`], [`Store::read_messages`]);
 //! - group commit: one writer thread batches every submission that arrives while the previous
 //!   commit is in flight and fsyncs once per batch (`writer`);
 //! - message garbage collection by reference count, and recovery at open (`recovery`);
@@ -62,22 +63,79 @@ pub struct IndexEntry {
     pub expires_at: u64,
 }
 
+/// Where a message is stored, which is fixed when its id is handed out
+/// ([`Store::next_message_id`]) and carried in the id itself.
+///
+/// A message that one queue holds is stored inside its index entry: one write to store it and
+/// one to delete it, instead of two each. A message several queues hold, or one too big to
+/// keep beside the index (compactions would rewrite it), is stored once on its own, in fjall's
+/// blob files when large, and reference-counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Inside the one index entry that holds it: sent with its [`WriteOp::Enqueue`].
+    Inline,
+    /// On its own ([`WriteOp::PutMessage`]); index entries refer to it by id.
+    Separate,
+}
+
+/// Set in the ids of [`Placement::Separate`] messages; ids count up in the other bits.
+pub const SEPARATE_MESSAGE_BIT: MessageId = 1 << 63;
+
+/// Encoded messages above this many bytes are stored separately even when one queue holds
+/// them (the blob threshold, so that big bodies stay out of compactions).
+const INLINE_MAX_BYTES: usize = 4 * 1024;
+
+impl Placement {
+    /// The placement for a message that `references` queue entries will hold, whose body,
+    /// properties, exchange and routing key add up to `size` bytes.
+    pub fn for_message(references: u32, size: usize) -> Placement {
+        if references <= 1 && size <= INLINE_MAX_BYTES {
+            Placement::Inline
+        } else {
+            Placement::Separate
+        }
+    }
+
+    /// The placement `id` was handed out with.
+    pub fn of(id: MessageId) -> Placement {
+        if id & SEPARATE_MESSAGE_BIT != 0 {
+            Placement::Separate
+        } else {
+            Placement::Inline
+        }
+    }
+}
+
+impl StoredMessage {
+    /// What [`Placement::for_message`] counts.
+    pub fn size(&self) -> usize {
+        self.exchange.len() + self.routing_key.len() + self.properties.len() + self.body.len()
+    }
+}
+
 /// A change submitted to the writer; see [`Store::submit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
-    /// A persistent message, written once however many durable queues it was routed to.
-    /// `references` is how many `Enqueue`s will point at it (0 is taken as 1).
+    /// A [`Placement::Separate`] message, written once however many durable queues it was
+    /// routed to. `references` is how many `Enqueue`s will point at it (0 is taken as 1).
     PutMessage {
         id: MessageId,
         message: StoredMessage,
         references: u32,
     },
     /// Queue `queue` holds the message at `entry.seq` (a seq the queue has not used before).
-    Enqueue { queue: QueueId, entry: IndexEntry },
-    /// The entry's delivered flag / delivery count changed (overwrites the index value).
+    /// `message` is the message itself when its id is [`Placement::Inline`] (and must be
+    /// `None` otherwise: the entry then refers to a `PutMessage`).
+    Enqueue {
+        queue: QueueId,
+        entry: IndexEntry,
+        message: Option<StoredMessage>,
+    },
+    /// The entry's delivered flag / delivery count changed (rewrites the entry, keeping an
+    /// inline message). Ignored if the entry is gone.
     UpdateEntry { queue: QueueId, entry: IndexEntry },
-    /// The queue no longer holds `seq` (acked, dropped): removes the index entry, and the
-    /// message once no queue references it.
+    /// The queue no longer holds `seq` (acked, dropped): removes the index entry, and a
+    /// separate message once no queue references it.
     Remove {
         queue: QueueId,
         seq: Seq,
@@ -85,6 +143,14 @@ pub enum WriteOp {
     },
     /// Removes every entry of the queue (queue deleted or purged), with the same message GC.
     DropQueue { queue: QueueId },
+}
+
+/// A queue entry read back with its message ([`Store::read_messages`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub entry: IndexEntry,
+    /// `None` if the store does not hold the message (a damaged store).
+    pub message: Option<StoredMessage>,
 }
 
 /// What the store held for one queue when it was opened, so the broker need not count the
@@ -136,7 +202,7 @@ pub struct StoreStats {
     pub fsyncs: u64,
     /// Groups of submissions the writer processed (including ones with nothing to write).
     pub batches: u64,
-    /// `PutMessage` ops committed.
+    /// Messages committed (`PutMessage`s and `Enqueue`s carrying an inline message).
     pub messages_written: u64,
     /// `WriteOp`s committed.
     pub ops_written: u64,

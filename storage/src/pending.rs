@@ -6,6 +6,10 @@
 //! writer folds several ops per message at full publish rate, and hashing two integers costs
 //! far less than ordering byte vectors. Message values are encoded only at commit, so a message
 //! published and acked within one commit is never encoded at all.
+//!
+//! An inline message (one queue holds it) is folded under its index key together with the
+//! entry, so it costs one map entry here and one item in fjall; only separate messages have
+//! keys of their own and take part in reference counting.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -14,7 +18,7 @@ use fjall::{Keyspace, OwnedWriteBatch};
 
 use crate::codec::{self, INDEX_VALUE_LEN};
 use crate::store::Keyspaces;
-use crate::{MessageId, QueueId, Seq, StorageError, StoredMessage, WriteOp};
+use crate::{MessageId, Placement, QueueId, Seq, StorageError, StoredMessage, WriteOp};
 
 /// Keys are the broker's own ids (and metadata names), hashed per op at full publish rate.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -29,7 +33,19 @@ pub(crate) enum Key {
 pub(crate) enum Value {
     Meta(Vec<u8>),
     Message(StoredMessage),
-    Index([u8; INDEX_VALUE_LEN]),
+    Entry {
+        header: [u8; INDEX_VALUE_LEN],
+        inline: Option<Inline>,
+    },
+}
+
+/// The message inside an index entry.
+pub(crate) enum Inline {
+    /// Enqueued in this batch.
+    New(StoredMessage),
+    /// Read back from disk (an update of an entry committed earlier): the whole old value,
+    /// whose message part is kept as encoded.
+    Encoded(fjall::Slice),
 }
 
 /// New counts of multi-reference messages; 0 means forget it.
@@ -81,6 +97,7 @@ impl<'a> PendingBatch<'a> {
                 message,
                 references,
             } => {
+                debug_assert_eq!(Placement::of(id), Placement::Separate, "message {id}");
                 self.put(Key::Message(id), Value::Message(message), true);
                 if references > 1 {
                     self.ref_changes.insert(id, references);
@@ -88,19 +105,29 @@ impl<'a> PendingBatch<'a> {
             }
             // The queue went away before this entry arrived: the reference it would hold is
             // released at once so a shared message is still deleted with its last holder.
-            WriteOp::Enqueue { queue, entry } if self.is_dropped(queue) => {
+            WriteOp::Enqueue { queue, entry, .. } if self.is_dropped(queue) => {
                 self.release(entry.message_id);
             }
             WriteOp::UpdateEntry { queue, .. } | WriteOp::Remove { queue, .. }
                 if self.is_dropped(queue) => {}
-            WriteOp::Enqueue { queue, entry } => {
-                let value = Value::Index(codec::encode_index_value(&entry));
+            WriteOp::Enqueue {
+                queue,
+                entry,
+                message,
+            } => {
+                debug_assert_eq!(
+                    message.is_some(),
+                    Placement::of(entry.message_id) == Placement::Inline,
+                    "message {}",
+                    entry.message_id
+                );
+                let value = Value::Entry {
+                    header: codec::encode_index_value(&entry),
+                    inline: message.map(Inline::New),
+                };
                 self.put(Key::Index(queue, entry.seq), value, true);
             }
-            WriteOp::UpdateEntry { queue, entry } => {
-                let value = Value::Index(codec::encode_index_value(&entry));
-                self.put(Key::Index(queue, entry.seq), value, false);
-            }
+            WriteOp::UpdateEntry { queue, entry } => self.update_entry(queue, &entry)?,
             WriteOp::Remove {
                 queue,
                 seq,
@@ -114,6 +141,37 @@ impl<'a> PendingBatch<'a> {
                 self.dropped_queues.insert(queue);
             }
         }
+        Ok(())
+    }
+
+    /// Rewrites an entry's header, keeping its inline message: from this batch if the entry
+    /// was written in it, else read back from disk. An entry already removed stays removed.
+    fn update_entry(
+        &mut self,
+        queue: QueueId,
+        entry: &crate::IndexEntry,
+    ) -> Result<(), StorageError> {
+        let key = Key::Index(queue, entry.seq);
+        let header = codec::encode_index_value(entry);
+        if let Some(pending) = self.writes.get_mut(&key) {
+            if let Some(Value::Entry { header: old, .. }) = &mut pending.value {
+                *old = header;
+            }
+            return Ok(());
+        }
+        let Some(value) = self.ks.index.get(codec::index_key(queue, entry.seq))? else {
+            return Ok(());
+        };
+        let inline = codec::index_value_tail(&value)
+            .is_some()
+            .then_some(Inline::Encoded(value));
+        self.writes.insert(
+            key,
+            Pending {
+                value: Some(Value::Entry { header, inline }),
+                fresh: false,
+            },
+        );
         Ok(())
     }
 
@@ -169,8 +227,12 @@ impl<'a> PendingBatch<'a> {
         }
     }
 
-    /// One reference to `id` is gone; deletes the message when it was the last.
+    /// One reference to `id` is gone; deletes a separate message when it was the last (an
+    /// inline one goes with its entry).
     fn release(&mut self, id: MessageId) {
+        if Placement::of(id) == Placement::Inline {
+            return;
+        }
         match self.shared_count(id) {
             Some(count) if count > 1 => {
                 self.ref_changes.insert(id, count - 1);
@@ -195,10 +257,10 @@ impl<'a> PendingBatch<'a> {
             }
         }
         for (key, pending) in &self.writes {
-            if let (Key::Index(q, seq), Some(Value::Index(value))) = (key, &pending.value)
+            if let (Key::Index(q, seq), Some(Value::Entry { header, .. })) = (key, &pending.value)
                 && *q == queue
             {
-                found.push((*seq, codec::index_value_message_id(value)?));
+                found.push((*seq, codec::index_value_message_id(header)?));
             }
         }
         for (seq, message_id) in found {
@@ -225,7 +287,21 @@ impl<'a> PendingBatch<'a> {
                 Some(Value::Message(message)) => {
                     batch.insert(keyspace, key, codec::encode_message(&message))
                 }
-                Some(Value::Index(value)) => batch.insert(keyspace, key, &value[..]),
+                Some(Value::Entry {
+                    header,
+                    inline: None,
+                }) => batch.insert(keyspace, key, &header[..]),
+                Some(Value::Entry {
+                    header,
+                    inline: Some(Inline::New(message)),
+                }) => batch.insert(keyspace, key, codec::encode_inline_entry(&header, &message)),
+                Some(Value::Entry {
+                    header,
+                    inline: Some(Inline::Encoded(old)),
+                }) => {
+                    let tail = codec::index_value_tail(&old).unwrap_or_default();
+                    batch.insert(keyspace, key, codec::encode_entry_with_tail(&header, tail))
+                }
                 None => batch.remove(keyspace, key),
             }
         }

@@ -17,8 +17,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions};
 use crate::codec;
 use crate::writer::{Counters, Submission, Work, Writer};
 use crate::{
-    DurableCallback, IndexEntry, MessageId, MetaKind, MetaRecord, QueueId, QueueStats, Seq,
-    StorageError, StoreOptions, StoreStats, StoredMessage, WriteOp,
+    DurableCallback, IndexEntry, MessageId, MetaKind, MetaRecord, Placement, QueueId, QueueStats,
+    QueuedMessage, SEPARATE_MESSAGE_BIT, Seq, StorageError, StoreOptions, StoreStats,
+    StoredMessage, WriteOp,
 };
 
 /// Ids are reserved on disk this many at a time, so `next_message_id` never waits for a disk
@@ -26,7 +27,8 @@ use crate::{
 pub(crate) const ID_BLOCK: u64 = 1 << 20;
 
 /// Message values at least this big live in fjall's blob files instead of the LSM tree, so
-/// compactions do not rewrite bodies.
+/// compactions do not rewrite bodies. Messages of one queue up to about this size are stored
+/// inline in the index instead (`Placement`), which has no blob files.
 const BLOB_THRESHOLD: u32 = 4 * 1024;
 
 /// fjall's block cache, shared by the keyspaces. Reads are mostly a queue's head moving
@@ -261,7 +263,8 @@ impl Store {
         self.submit_and_wait("flush", Work::Barrier)
     }
 
-    /// Reads a message back; `None` if no committed batch holds it.
+    /// Reads a separate message back; `None` if no committed batch holds it (inline messages
+    /// are read with their entry, by [`Store::read_messages`]).
     pub fn read_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StorageError> {
         match self.inner.ks.messages.get(codec::message_key(id))? {
             Some(value) => codec::decode_message(id, &value).map(Some),
@@ -269,28 +272,66 @@ impl Store {
         }
     }
 
-    /// Up to `limit` index entries of `queue` with seq >= `from`, in seq order. Costs one range
-    /// seek plus the entries returned and any deletion tombstones between `from` and them, so
-    /// pass the queue's head position, never 0 out of habit.
+    /// Up to `limit` entries of `queue` with seq >= `from`, in seq order, with their messages:
+    /// inline ones come with the entry, separate ones cost a read each. Seeks as
+    /// [`Store::read_entries`] does.
+    pub fn read_messages(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StorageError> {
+        self.scan_queue(queue, from, limit, |entry, value| {
+            let message = match codec::decode_inline_message(entry.message_id, value)? {
+                Some(message) => Some(message),
+                None => self.read_message(entry.message_id)?,
+            };
+            Ok(QueuedMessage { entry, message })
+        })
+    }
+
+    /// Up to `limit` index entries of `queue` with seq >= `from`, in seq order, without their
+    /// messages. Costs one range seek plus the entries returned and any deletion tombstones
+    /// between `from` and them, so pass the queue's head position, never 0 out of habit.
     pub fn read_entries(
         &self,
         queue: QueueId,
         from: Seq,
         limit: usize,
     ) -> Result<Vec<IndexEntry>, StorageError> {
+        self.scan_queue(queue, from, limit, |entry, _| Ok(entry))
+    }
+
+    /// `each` applied to up to `limit` entries of `queue` from `from` (with the raw value).
+    fn scan_queue<T>(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        limit: usize,
+        mut each: impl FnMut(IndexEntry, &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         let start = codec::index_key(queue, from);
         let end = codec::index_key(queue, Seq::MAX);
-        let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(1024));
         for guard in self.inner.ks.index.range(start..=end).take(limit) {
             let (key, value) = guard.into_inner()?;
             let (_, seq) = codec::decode_index_key(&key)?;
-            entries.push(codec::decode_index_value(seq, &value)?);
+            out.push(each(codec::decode_index_value(seq, &value)?, &value)?);
         }
-        Ok(entries)
+        Ok(out)
     }
 
-    /// A fresh id; ids never repeat, also across restarts.
-    pub fn next_message_id(&self) -> MessageId {
+    /// A fresh id for a message stored as `placement` says; ids never repeat, also across
+    /// restarts.
+    pub fn next_message_id(&self, placement: Placement) -> MessageId {
+        let id = self.next_id();
+        match placement {
+            Placement::Inline => id,
+            Placement::Separate => id | SEPARATE_MESSAGE_BIT,
+        }
+    }
+
+    fn next_id(&self) -> MessageId {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let ceiling = self.inner.id_ceiling.load(Ordering::Relaxed);
         // Reserve the next block while half of this one is still left, so the reservation is
@@ -381,7 +422,7 @@ impl Store {
     }
 }
 
-fn open_database(path: &Path) -> Result<(Database, Keyspaces), StorageError> {
+pub(crate) fn open_database(path: &Path) -> Result<(Database, Keyspaces), StorageError> {
     let open_error = |source: fjall::Error| classify_open_error(path, source);
     let db = Database::builder(path)
         .cache_size(CACHE_BYTES)

@@ -7,9 +7,10 @@
 //! broker commits at once. With `commit_interval > 0` the writer may linger up to that long for
 //! more submissions, but only when it already holds something to commit.
 //!
-//! Message GC also lives here, because only the writer knows the order of every change: a
-//! message written with one reference is deleted by its `Remove`; messages with more references
-//! have a count in `multi_refs` (the only per-message state kept in memory).
+//! Message GC also lives here, because only the writer knows the order of every change: an
+//! inline message goes with its entry; a separate message written with one reference is
+//! deleted by its `Remove`; messages with more references have a count in `multi_refs` (the
+//! only per-message state kept in memory).
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -66,9 +67,11 @@ impl Submission {
                 let bytes = ops
                     .iter()
                     .map(|op| match op {
-                        WriteOp::PutMessage { message, .. } => {
-                            message.body.len() + message.properties.len()
-                        }
+                        WriteOp::PutMessage { message, .. }
+                        | WriteOp::Enqueue {
+                            message: Some(message),
+                            ..
+                        } => message.size(),
                         _ => 0,
                     })
                     .sum();
@@ -224,7 +227,14 @@ impl Writer {
                 Work::Ops(list) => {
                     for op in list.drain(..) {
                         ops += 1;
-                        messages += u64::from(matches!(op, WriteOp::PutMessage { .. }));
+                        messages += u64::from(matches!(
+                            op,
+                            WriteOp::PutMessage { .. }
+                                | WriteOp::Enqueue {
+                                    message: Some(_),
+                                    ..
+                                }
+                        ));
                         batch.apply(op)?;
                     }
                 }

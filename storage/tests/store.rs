@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use warren_storage::{
-    IndexEntry, MessageId, MetaKind, QueueStats, Recovery, StorageError, Store, StoreOptions,
-    StoredMessage, WriteOp,
+    IndexEntry, MessageId, MetaKind, Placement, QueueStats, QueuedMessage, Recovery,
+    SEPARATE_MESSAGE_BIT, StorageError, Store, StoreOptions, StoredMessage, WriteOp,
 };
 
 fn open(dir: &Path) -> Store {
@@ -23,10 +23,16 @@ fn message(body: &str) -> StoredMessage {
     }
 }
 
+/// Most tests use small literal ids for separate messages: this gives them the placement bit
+/// (and leaves ids that have it alone).
+fn sep(id: MessageId) -> MessageId {
+    id | SEPARATE_MESSAGE_BIT
+}
+
 fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
     IndexEntry {
         seq,
-        message_id,
+        message_id: sep(message_id),
         delivery_count: 0,
         delivered: false,
         transient: false,
@@ -37,7 +43,7 @@ fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
 
 fn put(id: MessageId, body: &str, references: u32) -> WriteOp {
     WriteOp::PutMessage {
-        id,
+        id: sep(id),
         message: message(body),
         references,
     }
@@ -47,6 +53,7 @@ fn enqueue(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
     WriteOp::Enqueue {
         queue,
         entry: entry(seq, message_id),
+        message: None,
     }
 }
 
@@ -54,7 +61,7 @@ fn remove(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
     WriteOp::Remove {
         queue,
         seq,
-        message_id,
+        message_id: sep(message_id),
     }
 }
 
@@ -78,10 +85,10 @@ fn seqs(entries: &[IndexEntry]) -> Vec<u64> {
 fn a_put_message_reads_back_once_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let id = store.next_message_id();
+    let id = store.next_message_id(Placement::Separate);
     write(&store, vec![put(id, "hello", 1), enqueue(1, 0, id)]).unwrap();
-    assert_eq!(store.read_message(id).unwrap(), Some(message("hello")));
-    assert_eq!(store.read_message(id + 1).unwrap(), None);
+    assert_eq!(store.read_message(sep(id)).unwrap(), Some(message("hello")));
+    assert_eq!(store.read_message(sep(id + 1)).unwrap(), None);
 }
 
 #[test]
@@ -92,10 +99,10 @@ fn a_large_body_round_trips() {
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     write(&store, vec![put(1, &body, 1), enqueue(1, 0, 1)]).unwrap();
-    assert_eq!(store.read_message(1).unwrap(), Some(message(&body)));
+    assert_eq!(store.read_message(sep(1)).unwrap(), Some(message(&body)));
     drop(store);
     let store = open(dir.path());
-    assert_eq!(store.read_message(1).unwrap(), Some(message(&body)));
+    assert_eq!(store.read_message(sep(1)).unwrap(), Some(message(&body)));
 }
 
 #[test]
@@ -133,7 +140,7 @@ fn remove_deletes_a_single_reference_message() {
     let store = open(dir.path());
     write(&store, vec![put(1, "a", 1), enqueue(1, 0, 1)]).unwrap();
     write(&store, vec![remove(1, 0, 1)]).unwrap();
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
     assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
 }
 
@@ -146,7 +153,7 @@ fn put_then_remove_in_one_submission_leaves_nothing() {
         vec![put(1, "a", 1), enqueue(1, 0, 1), remove(1, 0, 1)],
     )
     .unwrap();
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
     assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
 }
 
@@ -165,13 +172,13 @@ fn a_multi_reference_message_lives_until_the_last_queue_removes_it() {
     )
     .unwrap();
     write(&store, vec![remove(10, 0, 1)]).unwrap();
-    assert!(store.read_message(1).unwrap().is_some());
+    assert!(store.read_message(sep(1)).unwrap().is_some());
     // Ops for the same message within one batch.
     store.submit(vec![remove(11, 0, 1)], None);
     write(&store, vec![]).unwrap();
-    assert!(store.read_message(1).unwrap().is_some());
+    assert!(store.read_message(sep(1)).unwrap().is_some());
     write(&store, vec![remove(12, 5, 1)]).unwrap();
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
 }
 
 #[test]
@@ -200,13 +207,13 @@ fn drop_queue_removes_its_entries_and_releases_their_messages() {
     )
     .unwrap();
     assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
-    assert_eq!(store.read_message(2).unwrap(), None);
-    assert_eq!(store.read_message(3).unwrap(), None);
-    assert!(store.read_message(1).unwrap().is_some());
+    assert_eq!(store.read_message(sep(2)).unwrap(), None);
+    assert_eq!(store.read_message(sep(3)).unwrap(), None);
+    assert!(store.read_message(sep(1)).unwrap().is_some());
     assert_eq!(seqs(&store.read_entries(2, 0, 10).unwrap()), [0]);
 
     write(&store, vec![WriteOp::DropQueue { queue: 2 }]).unwrap();
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
 }
 
 #[test]
@@ -222,11 +229,11 @@ fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
     // A consumer of queue 1 acked while the queue was being deleted.
     write(&store, vec![remove(1, 0, 1)]).unwrap();
     assert!(
-        store.read_message(1).unwrap().is_some(),
+        store.read_message(sep(1)).unwrap().is_some(),
         "queue 2 still holds the message"
     );
     write(&store, vec![remove(2, 0, 1)]).unwrap();
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
 }
 
 /// Queue 1: seq 0 a paged-out transient message (1), seq 1 a persistent one (2).
@@ -237,6 +244,7 @@ fn write_paged_and_kept(store: &Store) {
             transient: true,
             ..entry(0, 1)
         },
+        message: None,
     };
     write(
         store,
@@ -258,8 +266,8 @@ fn transient_entries_and_their_messages_are_dropped_at_open() {
     let store = open(dir.path());
     let left = store.read_entries(1, 0, 10).unwrap();
     assert_eq!(seqs(&left), [1]);
-    assert_eq!(store.read_message(1).unwrap(), None);
-    assert!(store.read_message(2).unwrap().is_some());
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
+    assert!(store.read_message(sep(2)).unwrap().is_some());
 }
 
 #[test]
@@ -290,7 +298,9 @@ fn update_entry_persists_across_reopen() {
 fn everything_survives_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let ids: Vec<_> = (0..3).map(|_| store.next_message_id()).collect();
+    let ids: Vec<_> = (0..3)
+        .map(|_| store.next_message_id(Placement::Separate))
+        .collect();
     let mut ops = vec![
         put(ids[0], "zero", 1),
         put(ids[1], "one", 1),
@@ -316,7 +326,10 @@ fn everything_survives_close_and_reopen() {
     let store = open(dir.path());
     assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [0, 1, 2]);
     assert_eq!(seqs(&store.read_entries(2, 0, 10).unwrap()), [0]);
-    assert_eq!(store.read_message(ids[1]).unwrap(), Some(message("one")));
+    assert_eq!(
+        store.read_message(sep(ids[1])).unwrap(),
+        Some(message("one"))
+    );
     assert_eq!(
         store.load_meta(MetaKind::Queue).unwrap(),
         [(b"/\0q1".to_vec(), b"durable".to_vec())]
@@ -325,13 +338,13 @@ fn everything_survives_close_and_reopen() {
         store.load_meta(MetaKind::Exchange).unwrap(),
         [(b"/\0x".to_vec(), b"topic".to_vec())]
     );
-    assert!(store.next_message_id() > last);
+    assert!(store.next_message_id(Placement::Separate) > last);
 
     // The shared message's count was rebuilt from the index: one remove keeps it.
     write(&store, vec![remove(1, 2, ids[2])]).unwrap();
-    assert!(store.read_message(ids[2]).unwrap().is_some());
+    assert!(store.read_message(sep(ids[2])).unwrap().is_some());
     write(&store, vec![remove(2, 0, ids[2])]).unwrap();
-    assert_eq!(store.read_message(ids[2]).unwrap(), None);
+    assert_eq!(store.read_message(sep(ids[2])).unwrap(), None);
 }
 
 #[test]
@@ -340,11 +353,11 @@ fn message_ids_never_repeat_across_restarts_even_unwritten() {
     let store = open(dir.path());
     let mut last = 0;
     for _ in 0..10 {
-        last = store.next_message_id();
+        last = store.next_message_id(Placement::Separate);
     }
     drop(store);
     let store = open(dir.path());
-    assert!(store.next_message_id() > last);
+    assert!(store.next_message_id(Placement::Separate) > last);
 }
 
 #[test]
@@ -362,8 +375,8 @@ fn orphan_messages_and_dangling_entries_are_removed_at_open() {
     drop(store);
 
     let store = open(dir.path());
-    assert_eq!(store.read_message(1).unwrap(), None);
-    assert_eq!(store.read_message(2).unwrap(), Some(message("kept")));
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
+    assert_eq!(store.read_message(sep(2)).unwrap(), Some(message("kept")));
     assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [0]);
 }
 
@@ -422,12 +435,12 @@ fn a_closed_store_reopens_without_scanning_and_knows_each_queue() {
     assert_eq!(store.take_recovered_queue(1), None, "handed out once");
     assert_eq!(store.take_recovered_queue(7), None);
     // Nothing was scanned: the orphan is still there (a crash-time scan would remove it).
-    assert!(store.read_message(9).unwrap().is_some());
+    assert!(store.read_message(sep(9)).unwrap().is_some());
     // The shared message's count came through the close: one remove keeps it.
     write(&store, vec![remove(1, 2, 3)]).unwrap();
-    assert!(store.read_message(3).unwrap().is_some());
+    assert!(store.read_message(sep(3)).unwrap().is_some());
     write(&store, vec![remove(2, 5, 3)]).unwrap();
-    assert_eq!(store.read_message(3).unwrap(), None);
+    assert_eq!(store.read_message(sep(3)).unwrap(), None);
 }
 
 #[test]
@@ -441,9 +454,9 @@ fn a_store_not_closed_is_scanned_at_the_next_open_as_after_a_crash() {
     assert_eq!(store.recovery(), Recovery::Scanned);
     assert_eq!(store.take_recovered_queue(1), stats(1, 2, 3));
     assert_eq!(store.take_recovered_queue(2), stats(5, 1, 6));
-    assert_eq!(store.read_message(9).unwrap(), None, "orphan removed");
+    assert_eq!(store.read_message(sep(9)).unwrap(), None, "orphan removed");
     write(&store, vec![remove(1, 2, 3)]).unwrap();
-    assert!(store.read_message(3).unwrap().is_some());
+    assert!(store.read_message(sep(3)).unwrap().is_some());
 }
 
 #[test]
@@ -470,12 +483,12 @@ fn submissions_after_close_fail_and_never_reach_the_disk() {
     ));
     assert!(store.close().is_err());
     // Reads still work after close.
-    assert_eq!(store.read_message(2).unwrap(), Some(message("two")));
+    assert_eq!(store.read_message(sep(2)).unwrap(), Some(message("two")));
     drop(store);
 
     let store = open(dir.path());
     assert_eq!(store.recovery(), Recovery::Clean);
-    assert_eq!(store.read_message(30).unwrap(), None);
+    assert_eq!(store.read_message(sep(30)).unwrap(), None);
     assert_eq!(store.take_recovered_queue(1), stats(1, 2, 3));
 }
 
@@ -490,7 +503,7 @@ fn close_drops_paged_out_transient_entries_and_their_messages() {
     let store = open(dir.path());
     assert_eq!(store.recovery(), Recovery::Clean);
     assert_eq!(seqs(&store.read_entries(1, 0, 10).unwrap()), [1]);
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
     assert_eq!(store.take_recovered_queue(1), stats(1, 1, 2));
 }
 
@@ -530,7 +543,7 @@ fn concurrent_submissions_share_fsyncs_and_complete_in_order() {
             let store = store.clone();
             scope.spawn(move || {
                 for i in 0..PER_THREAD {
-                    let id = store.next_message_id();
+                    let id = store.next_message_id(Placement::Separate);
                     let done = done.clone();
                     store.submit(
                         vec![put(id, "m", 1), enqueue(thread as u64, i, id)],
@@ -577,7 +590,7 @@ fn flush_waits_for_everything_submitted_before_it() {
     }
     store.flush().unwrap();
     assert_eq!(store.read_entries(1, 0, 1000).unwrap().len(), 500);
-    assert!(store.read_message(500).unwrap().is_some());
+    assert!(store.read_message(sep(500)).unwrap().is_some());
 }
 
 #[test]
@@ -587,7 +600,10 @@ fn dropping_the_store_commits_what_was_submitted() {
     store.submit(vec![put(1, "last words", 1), enqueue(1, 0, 1)], None);
     drop(store);
     let store = open(dir.path());
-    assert_eq!(store.read_message(1).unwrap(), Some(message("last words")));
+    assert_eq!(
+        store.read_message(sep(1)).unwrap(),
+        Some(message("last words"))
+    );
 }
 
 #[test]
@@ -666,5 +682,174 @@ fn a_commit_interval_still_commits_everything() {
     }
     write(&store, vec![remove(1, 1, 1)]).unwrap();
     assert_eq!(store.read_entries(1, 0, 100).unwrap().len(), 49);
-    assert_eq!(store.read_message(1).unwrap(), None);
+    assert_eq!(store.read_message(sep(1)).unwrap(), None);
+}
+
+// --- Inline messages: one queue holds them, stored inside the index entry -------------------
+
+fn enqueue_inline(queue: u64, seq: u64, id: MessageId, body: &str) -> WriteOp {
+    assert_eq!(Placement::of(id), Placement::Inline);
+    WriteOp::Enqueue {
+        queue,
+        entry: IndexEntry {
+            message_id: id,
+            ..entry(seq, 0)
+        },
+        message: Some(message(body)),
+    }
+}
+
+fn bodies(store: &Store, queue: u64) -> Vec<(u64, Option<Bytes>)> {
+    store
+        .read_messages(queue, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|QueuedMessage { entry, message }| (entry.seq, message.map(|m| m.body)))
+        .collect()
+}
+
+fn some(body: &'static str) -> Option<Bytes> {
+    Some(Bytes::from_static(body.as_bytes()))
+}
+
+#[test]
+fn placement_follows_references_and_size_and_is_carried_by_the_id() {
+    assert_eq!(Placement::for_message(1, 100), Placement::Inline);
+    assert_eq!(Placement::for_message(2, 100), Placement::Separate);
+    assert_eq!(Placement::for_message(1, 1 << 20), Placement::Separate);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let inline = store.next_message_id(Placement::Inline);
+    let separate = store.next_message_id(Placement::Separate);
+    assert_eq!(Placement::of(inline), Placement::Inline);
+    assert_eq!(Placement::of(separate), Placement::Separate);
+    assert_ne!(
+        inline & !SEPARATE_MESSAGE_BIT,
+        separate & !SEPARATE_MESSAGE_BIT
+    );
+}
+
+#[test]
+fn an_inline_message_reads_back_with_its_entry_and_goes_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = store.next_message_id(Placement::Inline);
+    let b = store.next_message_id(Placement::Inline);
+    write(
+        &store,
+        vec![
+            enqueue_inline(4, 0, a, "first"),
+            put(7, "shared", 1),
+            enqueue(4, 1, 7),
+            enqueue_inline(4, 2, b, "third"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        bodies(&store, 4),
+        [(0, some("first")), (1, some("shared")), (2, some("third"))]
+    );
+    // Only the separate message is a record of its own.
+    assert_eq!(store.read_message(a).unwrap(), None);
+    assert_eq!(seqs(&store.read_entries(4, 0, 10).unwrap()), [0, 1, 2]);
+
+    write(&store, vec![remove(4, 0, a), remove(4, 1, 7)]).unwrap();
+    assert_eq!(bodies(&store, 4), [(2, some("third"))]);
+    assert_eq!(store.read_message(sep(7)).unwrap(), None);
+}
+
+#[test]
+fn an_inline_message_survives_a_clean_close_and_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = store.next_message_id(Placement::Inline);
+    write(&store, vec![enqueue_inline(2, 5, id, "kept")]).unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Clean);
+    assert_eq!(store.take_recovered_queue(2), stats(5, 1, 6));
+    assert_eq!(bodies(&store, 2), [(5, some("kept"))]);
+    // Dropped without close: the next open scans, and must not take the entry for one whose
+    // message is missing.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.recovery(), Recovery::Scanned);
+    assert_eq!(store.take_recovered_queue(2), stats(5, 1, 6));
+    assert_eq!(bodies(&store, 2), [(5, some("kept"))]);
+    assert!(store.next_message_id(Placement::Inline) > id);
+}
+
+#[test]
+fn updating_an_inline_entry_keeps_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let id = store.next_message_id(Placement::Inline);
+    let update = |delivery_count| WriteOp::UpdateEntry {
+        queue: 1,
+        entry: IndexEntry {
+            message_id: id,
+            delivery_count,
+            delivered: true,
+            ..entry(0, 0)
+        },
+    };
+    // In the batch that enqueued it, then in a later one (read back from disk).
+    write(&store, vec![enqueue_inline(1, 0, id, "body"), update(1)]).unwrap();
+    write(&store, vec![update(2)]).unwrap();
+    let read = store.read_messages(1, 0, 10).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].entry.delivery_count, 2);
+    assert!(read[0].entry.delivered);
+    assert_eq!(read[0].message, Some(message("body")));
+
+    drop(store);
+    let store = open(dir.path());
+    let read = store.read_messages(1, 0, 10).unwrap();
+    assert_eq!(read[0].entry.delivery_count, 2);
+    assert_eq!(read[0].message, Some(message("body")));
+    // An update that arrives after the entry was removed does not bring it back.
+    write(&store, vec![remove(1, 0, id), update(3)]).unwrap();
+    write(&store, vec![update(4)]).unwrap();
+    assert!(store.read_messages(1, 0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn drop_queue_removes_inline_entries_on_disk_and_in_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let on_disk = store.next_message_id(Placement::Inline);
+    let in_batch = store.next_message_id(Placement::Inline);
+    write(&store, vec![enqueue_inline(3, 0, on_disk, "a")]).unwrap();
+    write(
+        &store,
+        vec![
+            enqueue_inline(3, 1, in_batch, "b"),
+            WriteOp::DropQueue { queue: 3 },
+        ],
+    )
+    .unwrap();
+    assert!(store.read_messages(3, 0, 10).unwrap().is_empty());
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.take_recovered_queue(3), None);
+}
+
+#[test]
+fn transient_inline_entries_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let paged = store.next_message_id(Placement::Inline);
+    let kept = store.next_message_id(Placement::Inline);
+    let mut transient = enqueue_inline(1, 0, paged, "paged");
+    if let WriteOp::Enqueue { entry, .. } = &mut transient {
+        entry.transient = true;
+    }
+    write(&store, vec![transient, enqueue_inline(1, 1, kept, "kept")]).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(bodies(&store, 1), [(1, some("kept"))]);
+    assert_eq!(store.take_recovered_queue(1), stats(1, 1, 2));
 }

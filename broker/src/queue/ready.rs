@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use warren_storage::{QueueId, Seq, Store};
+use warren_storage::{QueueId, QueuedMessage, Seq, Store};
 
 use crate::message::{Message, QueueEntry};
 
@@ -211,7 +211,7 @@ impl ReadyMessages {
                 break;
             };
             let want = REFILL_BATCH.min(run.count as usize);
-            let entries = match store.store.read_entries(store.id, run.next, want) {
+            let entries = match store.store.read_messages(store.id, run.next, want) {
                 Ok(entries) => entries,
                 Err(error) => {
                     tracing::error!(%error, queue_id = store.id, "cannot read queue index; messages stay on disk");
@@ -230,23 +230,20 @@ impl ReadyMessages {
             let mut next = run.next;
             let mut taken = 0u64;
             let mut taken_bytes = 0u64;
-            for index in entries {
+            for QueuedMessage {
+                entry: index,
+                message,
+            } in entries
+            {
                 next = index.seq + 1;
                 taken += 1;
                 taken_bytes += u64::from(index.size);
-                let message = match store.store.read_message(index.message_id) {
-                    Ok(Some(stored)) => Message::from_stored(index.message_id, stored),
-                    Ok(None) => None,
-                    Err(error) => {
-                        tracing::error!(%error, message_id = index.message_id, "cannot read message");
-                        None
-                    }
-                };
-                let Some(message) = message else {
+                let Some(message) = message.and_then(|m| Message::from_stored(index.message_id, m))
+                else {
                     tracing::error!(
                         message_id = index.message_id,
                         seq = index.seq,
-                        "message body missing from the store; skipped"
+                        "message body missing from the store or unreadable; skipped"
                     );
                     continue;
                 };
