@@ -48,21 +48,30 @@ pub fn enqueue_routed(
     let persistent = message.properties.delivery_mode() == Some(2);
     let written = |q: &Queue| q.store.is_some() && (paging || (persistent && q.is_durable()));
     let references = queues.iter().filter(|q| written(q)).count() as u32;
-    let placement = Placement::for_message(references, message.stored_size());
-    let store_id = match batch.store() {
-        Some(store) if references > 0 => Some(store.next_message_id(placement)),
+    let stored = match batch.store() {
+        Some(store) if references > 0 => {
+            let stored = message.to_stored();
+            let placement = Placement::for_message(references, stored.size());
+            Some((store.next_message_id(placement), placement, stored))
+        }
         _ => None,
     };
+    // An inline message travels with the one entry that holds it, a separate one on its own.
+    let mut inline = None;
+    let store_id = stored.map(|(id, placement, stored)| {
+        match placement {
+            Placement::Inline => inline = Some(stored),
+            Placement::Separate => batch.push(WriteOp::PutMessage {
+                id,
+                message: stored,
+                references,
+            }),
+        }
+        id
+    });
     let message_ttl = message_expiration(&message);
     let message = Arc::new(message.with_store_id(store_id));
-    if let Some(id) = store_id {
-        if placement == Placement::Separate {
-            batch.push(WriteOp::PutMessage {
-                id,
-                message: message.to_stored(),
-                references,
-            });
-        }
+    if store_id.is_some() {
         batch.written(Arc::clone(&message));
         outcome.wrote = true;
     }
@@ -88,12 +97,10 @@ pub fn enqueue_routed(
             expires_at,
         };
         if let (Some(index), Some(qs)) = (entry.index_entry(), &queue.store) {
-            // An inline message travels with the one entry that holds it.
-            let message = (placement == Placement::Inline).then(|| entry.message.to_stored());
             batch.push(WriteOp::Enqueue {
                 queue: qs.id,
                 entry: index,
-                message,
+                message: inline.take(),
             });
         }
         batch.hold_enqueue(queue, entry);

@@ -68,14 +68,6 @@ impl Message {
         }
     }
 
-    /// Bytes the store would hold for it ([`warren_storage::StoredMessage::size`]).
-    pub fn stored_size(&self) -> usize {
-        self.exchange.len()
-            + self.routing_key.len()
-            + self.properties.as_bytes().len()
-            + self.body.len()
-    }
-
     /// Bytes this message accounts for against the memory limit.
     pub fn size(&self) -> u64 {
         (self.body.len() + self.properties.as_bytes().len()) as u64

@@ -116,8 +116,9 @@ pub(crate) fn encode_inline_entry(
     out
 }
 
-/// An index value whose inline message is already encoded (`tail`, as read back).
-pub(crate) fn encode_entry_with_tail(header: &[u8; INDEX_VALUE_LEN], tail: &[u8]) -> Vec<u8> {
+/// An index value whose inline message is already encoded (`tail`, as read back); `header`
+/// is an encoded index value without a message.
+pub(crate) fn encode_entry_with_tail(header: &[u8], tail: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(INDEX_VALUE_LEN + tail.len());
     out.extend_from_slice(header);
     out.extend_from_slice(tail);

@@ -311,14 +311,11 @@ fn move_messages_inline(db: &Database, ks: &Keyspaces) -> Result<(), StorageErro
         let Some(message) = ks.messages.get(codec::message_key(id))? else {
             continue;
         };
-        let header: &[u8; codec::INDEX_VALUE_LEN] = value
-            .get(..codec::INDEX_VALUE_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or_else(|| StorageError::corrupt("queue index value too short"))?;
+        // Without a message, the value is just the header.
         batch.insert(
             &ks.index,
             key,
-            codec::encode_entry_with_tail(header, &message),
+            codec::encode_entry_with_tail(&value, &message),
         );
         moved += 1;
         if batch.len() >= CHUNK {
