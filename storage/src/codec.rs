@@ -109,20 +109,14 @@ pub(crate) fn encode_index_value(entry: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
 pub(crate) fn encode_inline_entry(
     header: &[u8; INDEX_VALUE_LEN],
     message: &StoredMessage,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INDEX_VALUE_LEN + encoded_message_len(message));
-    out.extend_from_slice(header);
-    write_message(message, &mut out);
-    out
+) -> fjall::Slice {
+    message_value(header, message)
 }
 
 /// An index value whose inline message is already encoded (`tail`, as read back); `header`
 /// is an encoded index value without a message.
-pub(crate) fn encode_entry_with_tail(header: &[u8], tail: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INDEX_VALUE_LEN + tail.len());
-    out.extend_from_slice(header);
-    out.extend_from_slice(tail);
-    out
+pub(crate) fn encode_entry_with_tail(header: &[u8], tail: &[u8]) -> fjall::Slice {
+    slice_of(&[header, tail])
 }
 
 /// The encoded inline message of an index value, if it has one.
@@ -253,24 +247,69 @@ pub(crate) fn decode_clean_shutdown(value: &[u8]) -> Result<Contents, StorageErr
     })
 }
 
-pub(crate) fn encode_message(message: &StoredMessage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded_message_len(message));
-    write_message(message, &mut out);
-    out
+pub(crate) fn encode_message(message: &StoredMessage) -> fjall::Slice {
+    message_value(&[], message)
 }
 
-fn encoded_message_len(message: &StoredMessage) -> usize {
-    1 + 3 * 4 + message.size()
+/// `prefix` followed by the encoded message, in the one allocation the engine keeps (an
+/// encoded `Vec` would be copied again into the engine's own buffer).
+fn message_value(prefix: &[u8], message: &StoredMessage) -> fjall::Slice {
+    // AMQP bounds these far below 4 GiB (shortstr names, a frame's property list).
+    let len = |field: &Bytes| (field.len() as u32).to_be_bytes();
+    let lengths = [
+        len(&message.exchange),
+        len(&message.routing_key),
+        len(&message.properties),
+    ];
+    slice_of(&[
+        prefix,
+        &[MESSAGE_FORMAT],
+        &lengths[0],
+        &message.exchange,
+        &lengths[1],
+        &message.routing_key,
+        &lengths[2],
+        &message.properties,
+        &message.body,
+    ])
 }
 
-fn write_message(message: &StoredMessage, out: &mut Vec<u8>) {
-    out.push(MESSAGE_FORMAT);
-    for field in [&message.exchange, &message.routing_key, &message.properties] {
-        // AMQP bounds these far below 4 GiB (shortstr names, a frame's property list).
-        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
-        out.extend_from_slice(field);
+/// The concatenation of `parts` as one engine value.
+fn slice_of(parts: &[&[u8]]) -> fjall::Slice {
+    let len = parts.iter().map(|part| part.len()).sum();
+    let mut reader = Parts { parts, at: 0 };
+    match fjall::Slice::from_reader(&mut reader, len) {
+        Ok(slice) => slice,
+        // Unreachable: `Parts` yields exactly `len` bytes and reading memory cannot fail.
+        Err(_) => fjall::Slice::from(parts.concat()),
     }
-    out.extend_from_slice(&message.body);
+}
+
+/// Reads a list of byte slices one after another.
+struct Parts<'a> {
+    parts: &'a [&'a [u8]],
+    at: usize,
+}
+
+impl std::io::Read for Parts<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < out.len() {
+            let Some((first, rest)) = self.parts.split_first() else {
+                break;
+            };
+            let part = &first[self.at..];
+            let n = part.len().min(out.len() - written);
+            out[written..written + n].copy_from_slice(&part[..n]);
+            written += n;
+            self.at += n;
+            if self.at == first.len() {
+                self.parts = rest;
+                self.at = 0;
+            }
+        }
+        Ok(written)
+    }
 }
 
 pub(crate) fn decode_message(id: MessageId, value: &[u8]) -> Result<StoredMessage, StorageError> {
@@ -367,9 +406,13 @@ mod tests {
         assert_eq!(decode_index_value(9, &inline).unwrap(), entry);
         assert_eq!(index_value_message_id(&inline).unwrap(), entry.message_id);
         assert_eq!(index_value_size(&inline).unwrap(), entry.size);
-        assert_eq!(decode_inline_message(9, &inline).unwrap(), Some(message));
+        assert_eq!(
+            decode_inline_message(9, &inline).unwrap(),
+            Some(message.clone())
+        );
         let tail = index_value_tail(&inline).unwrap();
         assert_eq!(encode_entry_with_tail(&header, tail), inline);
+        assert_eq!(&*encode_message(&message), &inline[INDEX_VALUE_LEN..]);
         assert!(decode_inline_message(9, &inline[..INDEX_VALUE_LEN + 3]).is_err());
         assert!(decode_index_key(&[0; 15]).is_err());
     }

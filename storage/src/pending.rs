@@ -43,9 +43,10 @@ pub(crate) enum Value {
 pub(crate) enum Inline {
     /// Enqueued in this batch.
     New(StoredMessage),
-    /// Read back from disk (an update of an entry committed earlier): the whole old value,
-    /// whose message part is kept as encoded.
-    Encoded(fjall::Slice),
+    /// Committed earlier, and not read yet: an update of an entry that is often removed
+    /// later in the same batch, so the disk is read only if the update is still due at
+    /// commit ([`PendingBatch::write_into`]).
+    OnDisk,
 }
 
 /// New counts of multi-reference messages; 0 means forget it.
@@ -127,7 +128,7 @@ impl<'a> PendingBatch<'a> {
                 };
                 self.put(Key::Index(queue, entry.seq), value, true);
             }
-            WriteOp::UpdateEntry { queue, entry } => self.update_entry(queue, &entry)?,
+            WriteOp::UpdateEntry { queue, entry } => self.update_entry(queue, &entry),
             WriteOp::Remove {
                 queue,
                 seq,
@@ -145,34 +146,26 @@ impl<'a> PendingBatch<'a> {
     }
 
     /// Rewrites an entry's header, keeping its inline message: from this batch if the entry
-    /// was written in it, else read back from disk. An entry already removed stays removed.
-    fn update_entry(
-        &mut self,
-        queue: QueueId,
-        entry: &crate::IndexEntry,
-    ) -> Result<(), StorageError> {
+    /// was written in it, else from disk at commit. An entry already removed stays removed.
+    fn update_entry(&mut self, queue: QueueId, entry: &crate::IndexEntry) {
         let key = Key::Index(queue, entry.seq);
         let header = codec::encode_index_value(entry);
-        if let Some(pending) = self.writes.get_mut(&key) {
-            if let Some(Value::Entry { header: old, .. }) = &mut pending.value {
-                *old = header;
+        match self.writes.entry(key) {
+            Entry::Occupied(mut slot) => {
+                if let Some(Value::Entry { header: old, .. }) = &mut slot.get_mut().value {
+                    *old = header;
+                }
             }
-            return Ok(());
+            Entry::Vacant(slot) => {
+                slot.insert(Pending {
+                    value: Some(Value::Entry {
+                        header,
+                        inline: Some(Inline::OnDisk),
+                    }),
+                    fresh: false,
+                });
+            }
         }
-        let Some(value) = self.ks.index.get(codec::index_key(queue, entry.seq))? else {
-            return Ok(());
-        };
-        let inline = codec::index_value_tail(&value)
-            .is_some()
-            .then_some(Inline::Encoded(value));
-        self.writes.insert(
-            key,
-            Pending {
-                value: Some(Value::Entry { header, inline }),
-                fresh: false,
-            },
-        );
-        Ok(())
     }
 
     /// Both sets are nearly always empty: skip hashing then (std's SipHash, per op).
@@ -247,6 +240,15 @@ impl<'a> PendingBatch<'a> {
 
     /// Removes every entry of the queue, on disk and written earlier in this batch.
     fn drop_queue(&mut self, queue: QueueId) -> Result<(), StorageError> {
+        // Pending updates of entries on disk: the scan below finds those entries (if they
+        // still exist), and an update must not count as an entry of its own.
+        self.writes.retain(|key, pending| {
+            !matches!(
+                (key, &pending.value),
+                (Key::Index(q, _), Some(Value::Entry { inline: Some(Inline::OnDisk), .. }))
+                    if *q == queue
+            )
+        });
         let mut found = Vec::new();
         for guard in self.ks.index.prefix(codec::queue_prefix(queue)) {
             let (key, value) = guard.into_inner()?;
@@ -272,7 +274,10 @@ impl<'a> PendingBatch<'a> {
 
     /// Moves the folded writes into `batch`; hands back the reference-count changes, to apply
     /// once the batch is durable.
-    pub(crate) fn write_into(self, batch: &mut OwnedWriteBatch) -> RefChanges {
+    pub(crate) fn write_into(
+        self,
+        batch: &mut OwnedWriteBatch,
+    ) -> Result<RefChanges, StorageError> {
         let ks = self.ks;
         for (key, pending) in self.writes {
             let (keyspace, key): (&Keyspace, fjall::UserKey) = match key {
@@ -297,14 +302,24 @@ impl<'a> PendingBatch<'a> {
                 }) => batch.insert(keyspace, key, codec::encode_inline_entry(&header, &message)),
                 Some(Value::Entry {
                     header,
-                    inline: Some(Inline::Encoded(old)),
+                    inline: Some(Inline::OnDisk),
                 }) => {
-                    let tail = codec::index_value_tail(&old).unwrap_or_default();
-                    batch.insert(keyspace, key, codec::encode_entry_with_tail(&header, tail))
+                    // Gone from disk (removed by an earlier commit): nothing to update.
+                    let Some(old) = ks.index.get(&key)? else {
+                        continue;
+                    };
+                    match codec::index_value_tail(&old) {
+                        Some(tail) => batch.insert(
+                            keyspace,
+                            key,
+                            codec::encode_entry_with_tail(&header, tail),
+                        ),
+                        None => batch.insert(keyspace, key, &header[..]),
+                    }
                 }
                 None => batch.remove(keyspace, key),
             }
         }
-        self.ref_changes
+        Ok(self.ref_changes)
     }
 }

@@ -256,7 +256,7 @@ impl Writer {
             RefChanges::default()
         } else {
             let mut fjall_batch = self.db.batch().durability(Some(PersistMode::SyncData));
-            let ref_changes = batch.write_into(&mut fjall_batch);
+            let ref_changes = batch.write_into(&mut fjall_batch)?;
             fjall_batch.commit()?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
             ref_changes

@@ -216,24 +216,54 @@ fn drop_queue_removes_its_entries_and_releases_their_messages() {
     assert_eq!(store.read_message(sep(1)).unwrap(), None);
 }
 
-#[test]
-fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+/// Message 1 (separate), held by queue 1 and queue 2 at seq 0.
+fn shared_by_queues_1_and_2(dir: &Path) -> Store {
+    let store = open(dir);
     write(
         &store,
         vec![put(1, "shared", 2), enqueue(1, 0, 1), enqueue(2, 0, 1)],
     )
     .unwrap();
-    write(&store, vec![WriteOp::DropQueue { queue: 1 }]).unwrap();
-    // A consumer of queue 1 acked while the queue was being deleted.
-    write(&store, vec![remove(1, 0, 1)]).unwrap();
+    store
+}
+
+fn assert_still_held_by_queue_2(store: &Store) {
     assert!(
         store.read_message(sep(1)).unwrap().is_some(),
         "queue 2 still holds the message"
     );
+}
+
+#[test]
+fn a_remove_that_arrives_after_its_queue_was_dropped_does_not_release_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_by_queues_1_and_2(dir.path());
+    write(&store, vec![WriteOp::DropQueue { queue: 1 }]).unwrap();
+    // A consumer of queue 1 acked while the queue was being deleted.
+    write(&store, vec![remove(1, 0, 1)]).unwrap();
+    assert_still_held_by_queue_2(&store);
     write(&store, vec![remove(2, 0, 1)]).unwrap();
     assert_eq!(store.read_message(sep(1)).unwrap(), None);
+}
+
+#[test]
+fn a_pending_update_of_a_gone_entry_does_not_count_when_its_queue_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared_by_queues_1_and_2(dir.path());
+    write(&store, vec![remove(1, 0, 1)]).unwrap();
+    // A late update of the removed entry, then the queue's deletion, in one batch: the
+    // update must not be taken for an entry that still holds a reference.
+    let late = WriteOp::UpdateEntry {
+        queue: 1,
+        entry: IndexEntry {
+            delivered: true,
+            ..entry(0, 1)
+        },
+    };
+    write(&store, vec![late, WriteOp::DropQueue { queue: 1 }]).unwrap();
+    assert_still_held_by_queue_2(&store);
+    assert_eq!(seqs(&store.read_entries(2, 0, 10).unwrap()), [0]);
+    assert!(store.read_entries(1, 0, 10).unwrap().is_empty());
 }
 
 /// Queue 1: seq 0 a paged-out transient message (1), seq 1 a persistent one (2).
