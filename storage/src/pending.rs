@@ -52,8 +52,15 @@ pub(crate) enum Inline {
 /// New counts of multi-reference messages; 0 means forget it.
 pub(crate) type RefChanges = FastMap<MessageId, u32>;
 
+/// The folded writes of one batch. The writer keeps one map across commits: allocating it
+/// afresh for every commit cost page faults in profiles.
+pub(crate) type Writes = FastMap<Key, Pending>;
+
+/// Commits of up to this many writes keep the map's memory between commits.
+const KEPT_WRITES: usize = 16 * 1024;
+
 /// The last write to one key within a batch.
-struct Pending {
+pub(crate) struct Pending {
     /// `None` deletes.
     value: Option<Value>,
     /// The key was created in this batch (a fresh message id or queue seq), so deleting it
@@ -66,23 +73,31 @@ pub(crate) struct PendingBatch<'a> {
     ks: &'a Keyspaces,
     multi_refs: &'a HashMap<MessageId, u32>,
     dropped_queues: &'a mut HashSet<u64>,
-    writes: FastMap<Key, Pending>,
+    writes: &'a mut Writes,
     ref_changes: RefChanges,
 }
 
 impl<'a> PendingBatch<'a> {
-    /// A batch for about `ops` writes (sized once: rehashing showed in profiles).
+    /// A batch for about `ops` writes, folded into `writes` (empty; sized once up front:
+    /// rehashing showed in profiles).
     pub(crate) fn new(
         ks: &'a Keyspaces,
         multi_refs: &'a HashMap<MessageId, u32>,
         dropped_queues: &'a mut HashSet<u64>,
+        writes: &'a mut Writes,
         ops: usize,
     ) -> Self {
+        debug_assert!(writes.is_empty());
+        if writes.capacity() > KEPT_WRITES.max(ops) {
+            // A burst grew it: give the memory back rather than keep it for good.
+            writes.shrink_to(ops);
+        }
+        writes.reserve(ops);
         Self {
             ks,
             multi_refs,
             dropped_queues,
-            writes: FastMap::with_capacity_and_hasher(ops, Default::default()),
+            writes,
             ref_changes: RefChanges::default(),
         }
     }
@@ -258,7 +273,7 @@ impl<'a> PendingBatch<'a> {
                 found.push((seq, codec::index_value_message_id(&value)?));
             }
         }
-        for (key, pending) in &self.writes {
+        for (key, pending) in self.writes.iter() {
             if let (Key::Index(q, seq), Some(Value::Entry { header, .. })) = (key, &pending.value)
                 && *q == queue
             {
@@ -275,11 +290,11 @@ impl<'a> PendingBatch<'a> {
     /// Moves the folded writes into `batch`; hands back the reference-count changes, to apply
     /// once the batch is durable.
     pub(crate) fn write_into(
-        self,
+        mut self,
         batch: &mut OwnedWriteBatch,
     ) -> Result<RefChanges, StorageError> {
         let ks = self.ks;
-        for (key, pending) in self.writes {
+        for (key, pending) in self.writes.drain() {
             let (keyspace, key): (&Keyspace, fjall::UserKey) = match key {
                 Key::Meta(key) => (&ks.meta, key.into()),
                 Key::Message(id) => (&ks.messages, codec::message_key(id).as_slice().into()),
@@ -320,6 +335,13 @@ impl<'a> PendingBatch<'a> {
                 None => batch.remove(keyspace, key),
             }
         }
-        Ok(self.ref_changes)
+        Ok(std::mem::take(&mut self.ref_changes))
+    }
+}
+
+impl Drop for PendingBatch<'_> {
+    /// A batch that failed part way leaves nothing behind for the next one.
+    fn drop(&mut self) {
+        self.writes.clear();
     }
 }

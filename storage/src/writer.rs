@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, PersistMode};
 
 use crate::codec;
-use crate::pending::{Key, PendingBatch, RefChanges, Value};
+use crate::pending::{Key, PendingBatch, RefChanges, Value, Writes};
 use crate::store::Keyspaces;
 use crate::{DurableCallback, MessageId, StorageError, StoreStats, WriteOp};
 
@@ -117,6 +117,8 @@ pub(crate) struct Writer {
     dropped_queues: HashSet<u64>,
     /// The id ceiling on disk.
     id_ceiling: u64,
+    /// The fold map of each commit, kept for the next one.
+    writes: Writes,
     counters: Arc<Counters>,
 }
 
@@ -138,6 +140,7 @@ impl Writer {
             multi_refs,
             dropped_queues: HashSet::new(),
             id_ceiling,
+            writes: Writes::default(),
             counters,
         }
     }
@@ -217,6 +220,7 @@ impl Writer {
             &self.ks,
             &self.multi_refs,
             &mut self.dropped_queues,
+            &mut self.writes,
             expected_ops,
         );
         let mut ops = 0u64;
@@ -253,6 +257,7 @@ impl Writer {
         }
 
         let ref_changes = if batch.is_empty() {
+            drop(batch);
             RefChanges::default()
         } else {
             let mut fjall_batch = self.db.batch().durability(Some(PersistMode::SyncData));
