@@ -43,10 +43,27 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tokio::spawn(return_freed_memory());
     wait_for_signal().await;
     tracing::info!("signal received, shutting down");
     broker.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// mimalloc hands freed memory back to the OS only after a delay, and only when some later
+/// allocation or collection on the owning thread gets round to it: after a burst (a fanout
+/// run that left 4M messages, deleted with their queues) an idle broker kept 150-900 MiB it
+/// no longer used, and a 1M backlog filled next measured 145-921 MiB instead of ~40. A forced
+/// collection once a second releases it (41-44 MiB; no-ack CPU per message unchanged). A
+/// purge delay of 0 or unforced collections on parking workers left 100-300 MiB behind.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: mi_collect only walks mimalloc's own structures.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
 }
 
 async fn wait_for_signal() {
