@@ -323,14 +323,8 @@ impl<'a> PendingBatch<'a> {
                     let Some(old) = ks.index.get(&key)? else {
                         continue;
                     };
-                    match codec::index_value_tail(&old) {
-                        Some(tail) => batch.insert(
-                            keyspace,
-                            key,
-                            codec::encode_entry_with_tail(&header, tail),
-                        ),
-                        None => batch.insert(keyspace, key, &header[..]),
-                    }
+                    let tail = codec::index_value_tail(&old).unwrap_or_default();
+                    batch.insert(keyspace, key, codec::encode_entry_with_tail(&header, tail))
                 }
                 None => batch.remove(keyspace, key),
             }
