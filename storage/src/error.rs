@@ -51,6 +51,13 @@ pub enum StorageError {
     )]
     OnWriterThread { call: &'static str },
 
+    #[error("commit log {path}: {source}")]
+    CommitLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot read free disk space of {path}: {source}")]
     DiskFree {
         path: PathBuf,

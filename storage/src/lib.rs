@@ -6,14 +6,18 @@
 //!   stored once however many queues hold them, and per-queue indexes that scan in sequence
 //!   order ([`WriteOp`], [`Placement`], [`Store::read_messages`]);
 //! - group commit: one writer thread batches every submission that arrives while the previous
-//!   commit is in flight and fsyncs once per batch (`writer`);
+//!   commit is in flight and fsyncs once per batch (`writer`), appending it to the commit log;
+//!   what the log holds stays in memory (`overlay`) until a checkpoint writes what is left of
+//!   it to fjall, so messages acked soon after their commit never reach fjall (`commit_log`);
 //! - message garbage collection by reference count, and recovery at open (`recovery`);
 //! - metadata records (vhosts, users, exchanges, queues, bindings) as opaque bytes.
 //!
 //! The crate knows nothing about AMQP: exchanges, routing keys, properties and bodies are bytes.
 
 mod codec;
+mod commit_log;
 mod error;
+mod overlay;
 mod pending;
 mod recovery;
 mod store;
@@ -200,6 +204,8 @@ impl Default for StoreOptions {
 pub struct StoreStats {
     /// Group commits that wrote something and were fsynced.
     pub fsyncs: u64,
+    /// Checkpoints: the commit log's contents written to fjall and the log started over.
+    pub checkpoints: u64,
     /// Groups of submissions the writer processed (including ones with nothing to write).
     pub batches: u64,
     /// Messages committed (`PutMessage`s and `Enqueue`s carrying an inline message).

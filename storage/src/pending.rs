@@ -14,9 +14,11 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
-use fjall::{Keyspace, OwnedWriteBatch};
+use fjall::Slice;
 
 use crate::codec::{self, INDEX_VALUE_LEN};
+use crate::commit_log::{CommitLog, Space};
+use crate::overlay::{Overlay, Seen};
 use crate::store::Keyspaces;
 use crate::{MessageId, Placement, QueueId, Seq, StorageError, StoredMessage, WriteOp};
 
@@ -52,6 +54,10 @@ pub(crate) enum Inline {
 /// New counts of multi-reference messages; 0 means forget it.
 pub(crate) type RefChanges = FastMap<MessageId, u32>;
 
+/// One key a commit wrote, for the overlay once the commit is durable: the value (`None`:
+/// deleted) and whether the commit created the key.
+pub(crate) type Change = (Key, Option<Slice>, bool);
+
 /// The folded writes of one batch. The writer keeps one map across commits: allocating it
 /// afresh for every commit cost page faults in profiles.
 pub(crate) type Writes = FastMap<Key, Pending>;
@@ -71,6 +77,7 @@ pub(crate) struct Pending {
 
 pub(crate) struct PendingBatch<'a> {
     ks: &'a Keyspaces,
+    overlay: &'a Overlay,
     multi_refs: &'a HashMap<MessageId, u32>,
     dropped_queues: &'a mut HashSet<u64>,
     writes: &'a mut Writes,
@@ -82,6 +89,7 @@ impl<'a> PendingBatch<'a> {
     /// rehashing showed in profiles).
     pub(crate) fn new(
         ks: &'a Keyspaces,
+        overlay: &'a Overlay,
         multi_refs: &'a HashMap<MessageId, u32>,
         dropped_queues: &'a mut HashSet<u64>,
         writes: &'a mut Writes,
@@ -95,6 +103,7 @@ impl<'a> PendingBatch<'a> {
         writes.reserve(ops);
         Self {
             ks,
+            overlay,
             multi_refs,
             dropped_queues,
             writes,
@@ -268,9 +277,17 @@ impl<'a> PendingBatch<'a> {
         for guard in self.ks.index.prefix(codec::queue_prefix(queue)) {
             let (key, value) = guard.into_inner()?;
             let (_, seq) = codec::decode_index_key(&key)?;
-            // The batch's own write to this key (if any) wins over the disk, below.
-            if !self.writes.contains_key(&Key::Index(queue, seq)) {
+            // The overlay's and the batch's own writes to this key win over fjall, below.
+            let key = Key::Index(queue, seq);
+            if !self.writes.contains_key(&key) && matches!(self.overlay.get(&key), Seen::NotHere) {
                 found.push((seq, codec::index_value_message_id(&value)?));
+            }
+        }
+        for (seq, value) in self.overlay.queue_range(queue, 0) {
+            if let Some(value) = value
+                && !self.writes.contains_key(&Key::Index(queue, seq))
+            {
+                found.push((seq, codec::index_value_message_id(value)?));
             }
         }
         for (key, pending) in self.writes.iter() {
@@ -287,50 +304,76 @@ impl<'a> PendingBatch<'a> {
         Ok(())
     }
 
-    /// Moves the folded writes into `batch`; hands back the reference-count changes, to apply
-    /// once the batch is durable.
-    pub(crate) fn write_into(
+    /// Moves the folded writes into the log's record, and into `changes` for the overlay;
+    /// hands back the reference-count changes, to apply once the record is durable.
+    pub(crate) fn write_log(
         mut self,
-        batch: &mut OwnedWriteBatch,
+        log: &mut CommitLog,
+        changes: &mut Vec<Change>,
     ) -> Result<RefChanges, StorageError> {
-        let ks = self.ks;
         for (key, pending) in self.writes.drain() {
-            let (keyspace, key): (&Keyspace, fjall::UserKey) = match key {
-                Key::Meta(key) => (&ks.meta, key.into()),
-                Key::Message(id) => (&ks.messages, codec::message_key(id).as_slice().into()),
-                Key::Index(queue, seq) => {
-                    (&ks.index, codec::index_key(queue, seq).as_slice().into())
-                }
-            };
-            match pending.value {
-                Some(Value::Meta(value)) => batch.insert(keyspace, key, value),
-                Some(Value::Message(message)) => {
-                    batch.insert(keyspace, key, codec::encode_message(&message))
-                }
+            let value = match pending.value {
+                None => None,
+                Some(Value::Meta(value)) => Some(Slice::from(value)),
+                Some(Value::Message(message)) => Some(codec::encode_message(&message)),
                 Some(Value::Entry {
                     header,
                     inline: None,
-                }) => batch.insert(keyspace, key, &header[..]),
+                }) => Some(Slice::from(&header[..])),
                 Some(Value::Entry {
                     header,
                     inline: Some(Inline::New(message)),
-                }) => batch.insert(keyspace, key, codec::encode_inline_entry(&header, &message)),
+                }) => Some(codec::encode_inline_entry(&header, &message)),
                 Some(Value::Entry {
                     header,
                     inline: Some(Inline::OnDisk),
                 }) => {
-                    // Gone from disk (removed by an earlier commit): nothing to update.
-                    let Some(old) = ks.index.get(&key)? else {
+                    // Gone (removed by an earlier commit): nothing to update.
+                    let Some(value) = updated_entry(self.ks, self.overlay, &key, &header)? else {
                         continue;
                     };
-                    let tail = codec::index_value_tail(&old).unwrap_or_default();
-                    batch.insert(keyspace, key, codec::encode_entry_with_tail(&header, tail))
+                    Some(value)
                 }
-                None => batch.remove(keyspace, key),
+            };
+            match (&key, &value) {
+                (Key::Meta(k), Some(v)) => log.put(Space::Meta, k, v),
+                (Key::Meta(k), None) => log.delete(Space::Meta, k),
+                (Key::Message(id), Some(v)) => {
+                    log.put(Space::Messages, &codec::message_key(*id), v)
+                }
+                (Key::Message(id), None) => log.delete(Space::Messages, &codec::message_key(*id)),
+                (Key::Index(q, seq), Some(v)) => {
+                    log.put(Space::Index, &codec::index_key(*q, *seq), v)
+                }
+                (Key::Index(q, seq), None) => log.delete(Space::Index, &codec::index_key(*q, *seq)),
             }
+            changes.push((key, value, pending.fresh));
         }
         Ok(std::mem::take(&mut self.ref_changes))
     }
+}
+
+/// An entry committed earlier with a new header and its old inline message, read from the
+/// overlay or fjall; `None` if it is gone.
+fn updated_entry(
+    ks: &Keyspaces,
+    overlay: &Overlay,
+    key: &Key,
+    header: &[u8; INDEX_VALUE_LEN],
+) -> Result<Option<Slice>, StorageError> {
+    let Key::Index(queue, seq) = key else {
+        return Ok(None);
+    };
+    let old = match overlay.get(key) {
+        Seen::Value(old) => old.clone(),
+        Seen::Deleted => return Ok(None),
+        Seen::NotHere => match ks.index.get(codec::index_key(*queue, *seq))? {
+            Some(old) => old,
+            None => return Ok(None),
+        },
+    };
+    let tail = codec::index_value_tail(&old).unwrap_or_default();
+    Ok(Some(codec::encode_entry_with_tail(header, tail)))
 }
 
 impl Drop for PendingBatch<'_> {

@@ -1,21 +1,25 @@
 //! The `Store` handle: opening the database, reads, metadata, and the door to the writer.
 //!
-//! Reads go straight to fjall from the caller's thread and see every committed batch. Writes go
-//! through the single writer thread (`writer`), including metadata, so that all changes are
-//! ordered one after another and share fsyncs.
+//! Reads run on the caller's thread and see every committed batch: in the overlay (what the
+//! commit log holds that fjall does not have yet), else in fjall. Writes go through the single
+//! writer thread (`writer`), including metadata, so that all changes are ordered one after
+//! another and share fsyncs.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{JoinHandle, ThreadId};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions};
 
 use crate::codec;
-use crate::writer::{Counters, Submission, Work, Writer};
+use crate::commit_log::{self, CommitLog};
+use crate::overlay::{Overlay, Seen};
+use crate::pending::Key;
+use crate::writer::{Counters, Destination, Submission, Work, Writer};
 use crate::{
     DurableCallback, IndexEntry, MessageId, MetaKind, MetaRecord, Placement, QueueId, QueueStats,
     QueuedMessage, SEPARATE_MESSAGE_BIT, Seq, StorageError, StoreOptions, StoreStats,
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Store {
 struct Inner {
     path: PathBuf,
     ks: Keyspaces,
+    overlay: Arc<RwLock<Overlay>>,
     /// The writer's queue. Unbounded on purpose: `submit` must never block a broker task, and
     /// the broker's memory alarm bounds what can be in flight.
     sender: Option<Sender<Submission>>,
@@ -144,6 +149,8 @@ impl Store {
         };
 
         let opened_ms = started.elapsed().as_millis() as u64;
+        let replayed = commit_log::replay(&path, &db, &ks)?;
+        let replayed_ms = started.elapsed().as_millis() as u64 - opened_ms;
         let recovered = crate::recovery::recover(&db, &ks)?;
         let recovery = if recovered.clean {
             Recovery::Clean
@@ -153,16 +160,25 @@ impl Store {
         tracing::info!(
             path = %path.display(),
             open_ms = opened_ms,
-            recovery_ms = started.elapsed().as_millis() as u64 - opened_ms,
+            log_replay_ms = replayed_ms,
+            log_records = replayed.records,
+            log_keys = replayed.items,
+            recovery_ms = started.elapsed().as_millis() as u64 - opened_ms - replayed_ms,
             ?recovery,
             "message store open"
         );
 
         let counters = Arc::new(Counters::default());
+        let overlay = Arc::new(RwLock::new(Overlay::default()));
         let (sender, receiver) = mpsc::channel();
+        let destination = Destination {
+            db: db.clone(),
+            ks: ks.clone(),
+            log: CommitLog::new(&path, replayed.next_epoch),
+            overlay: overlay.clone(),
+        };
         let writer = Writer::new(
-            db.clone(),
-            ks.clone(),
+            destination,
             receiver,
             options.commit_interval,
             recovered.multi_refs,
@@ -181,6 +197,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 ks,
+                overlay,
                 writer_thread: handle.thread().id(),
                 sender: Some(sender),
                 writer: Mutex::new(Some(handle)),
@@ -266,6 +283,21 @@ impl Store {
     /// Reads a separate message back; `None` if no committed batch holds it (inline messages
     /// are read with their entry, by [`Store::read_messages`]).
     pub fn read_message(&self, id: MessageId) -> Result<Option<StoredMessage>, StorageError> {
+        self.read_message_with(&self.overlay(), id)
+    }
+
+    /// [`Store::read_message`] under a read lock the caller already holds (taking it twice
+    /// on one thread can deadlock behind a waiting writer).
+    fn read_message_with(
+        &self,
+        overlay: &Overlay,
+        id: MessageId,
+    ) -> Result<Option<StoredMessage>, StorageError> {
+        match overlay.get(&Key::Message(id)) {
+            Seen::Value(value) => return codec::decode_message(id, value).map(Some),
+            Seen::Deleted => return Ok(None),
+            Seen::NotHere => {}
+        }
         match self.inner.ks.messages.get(codec::message_key(id))? {
             Some(value) => codec::decode_message(id, &value).map(Some),
             None => Ok(None),
@@ -281,10 +313,10 @@ impl Store {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StorageError> {
-        self.scan_queue(queue, from, limit, |entry, value| {
+        self.scan_queue(queue, from, limit, |overlay, entry, value| {
             let message = match codec::decode_inline_message(entry.message_id, value)? {
                 Some(message) => Some(message),
-                None => self.read_message(entry.message_id)?,
+                None => self.read_message_with(overlay, entry.message_id)?,
             };
             Ok(QueuedMessage { entry, message })
         })
@@ -299,7 +331,7 @@ impl Store {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<IndexEntry>, StorageError> {
-        self.scan_queue(queue, from, limit, |entry, _| Ok(entry))
+        self.scan_queue(queue, from, limit, |_, entry, _| Ok(entry))
     }
 
     /// `each` applied to up to `limit` entries of `queue` from `from` (with the raw value).
@@ -308,17 +340,52 @@ impl Store {
         queue: QueueId,
         from: Seq,
         limit: usize,
-        mut each: impl FnMut(IndexEntry, &[u8]) -> Result<T, StorageError>,
+        mut each: impl FnMut(&Overlay, IndexEntry, &[u8]) -> Result<T, StorageError>,
     ) -> Result<Vec<T>, StorageError> {
         let start = codec::index_key(queue, from);
         let end = codec::index_key(queue, Seq::MAX);
         let mut out = Vec::with_capacity(limit.min(1024));
-        for guard in self.inner.ks.index.range(start..=end).take(limit) {
-            let (key, value) = guard.into_inner()?;
-            let (_, seq) = codec::decode_index_key(&key)?;
-            out.push(each(codec::decode_index_value(seq, &value)?, &value)?);
+        // Held while fjall is read too: see `overlay`.
+        let overlay = self.overlay();
+        let mut newer = overlay.queue_range(queue, from).peekable();
+        let mut fjall = self.inner.ks.index.range(start..=end);
+        let mut on_disk = next_index_item(&mut fjall)?;
+        while out.len() < limit {
+            let overlay_seq = newer.peek().map(|(seq, _)| *seq);
+            let disk_seq = on_disk.as_ref().map(|(seq, _)| *seq);
+            let (seq, value) = match (overlay_seq, disk_seq) {
+                (None, None) => break,
+                (Some(o), d) if d.is_none_or(|d| o <= d) => {
+                    if d == Some(o) {
+                        on_disk = next_index_item(&mut fjall)?;
+                    }
+                    match newer.next() {
+                        Some((seq, Some(value))) => (seq, value.clone()),
+                        _ => continue,
+                    }
+                }
+                _ => match on_disk.take() {
+                    Some(item) => {
+                        on_disk = next_index_item(&mut fjall)?;
+                        item
+                    }
+                    None => break,
+                },
+            };
+            out.push(each(
+                &overlay,
+                codec::decode_index_value(seq, &value)?,
+                &value,
+            )?);
         }
         Ok(out)
+    }
+
+    fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
+        self.inner
+            .overlay
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A fresh id for a message stored as `placement` says; ids never repeat, also across
@@ -373,12 +440,19 @@ impl Store {
     /// Every record of one kind, in key order.
     pub fn load_meta(&self, kind: MetaKind) -> Result<Vec<MetaRecord>, StorageError> {
         let prefix = [codec::meta_kind_byte(kind)];
-        let mut records = Vec::new();
+        let overlay = self.overlay();
+        let mut records = std::collections::BTreeMap::new();
         for guard in self.inner.ks.meta.prefix(prefix) {
             let (key, value) = guard.into_inner()?;
-            records.push((key[1..].to_vec(), value.to_vec()));
+            records.insert(key[1..].to_vec(), value.to_vec());
         }
-        Ok(records)
+        for (key, value) in overlay.meta_with_prefix(&prefix) {
+            match value {
+                Some(value) => records.insert(key[1..].to_vec(), value.to_vec()),
+                None => records.remove(&key[1..]),
+            };
+        }
+        Ok(records.into_iter().collect())
     }
 
     /// Free bytes (available to this user) on the filesystem holding the store.
@@ -488,6 +562,18 @@ fn disk_free(path: &Path) -> Result<u64, StorageError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::Unsupported, "statvfs needs unix"),
     })
+}
+
+/// The next entry of a fjall range over one queue's index.
+fn next_index_item(
+    range: &mut impl Iterator<Item = fjall::Guard>,
+) -> Result<Option<(Seq, fjall::Slice)>, StorageError> {
+    let Some(guard) = range.next() else {
+        return Ok(None);
+    };
+    let (key, value) = guard.into_inner()?;
+    let (_, seq) = codec::decode_index_key(&key)?;
+    Ok(Some((seq, value)))
 }
 
 /// Waits for the writer thread (if not already joined) to finish.

@@ -1,8 +1,10 @@
 //! The group-commit writer: one thread owns every write to the database.
 //!
 //! It blocks on its queue; when a submission arrives it drains everything already queued,
-//! applies it all as one fjall batch across keyspaces, persists once (`SyncData`), and then runs
-//! the callbacks of that batch in submission order. While one fsync is in flight the next
+//! folds it into one set of key changes, appends that to the commit log and fsyncs once, moves
+//! the changes into the overlay, and then runs the callbacks of that batch in submission
+//! order. Once the log or the overlay has grown past its limit, a checkpoint writes the
+//! overlay to fjall (one batch, `SyncData`) and the log starts over (see `commit_log`). While one fsync is in flight the next
 //! submissions pile up in the queue, so under load batches grow by themselves, and an idle
 //! broker commits at once. With `commit_interval > 0` the writer may linger up to that long for
 //! more submissions, but only when it already holds something to commit.
@@ -14,15 +16,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use fjall::{Database, PersistMode};
 
 use crate::codec;
-use crate::pending::{Key, PendingBatch, RefChanges, Value, Writes};
+use crate::commit_log::{CHECKPOINT_LOG_BYTES, CommitLog};
+use crate::overlay::{CHECKPOINT_OVERLAY_BYTES, Overlay};
+use crate::pending::{Change, Key, PendingBatch, RefChanges, Value, Writes};
 use crate::store::Keyspaces;
 use crate::{DurableCallback, MessageId, StorageError, StoreStats, WriteOp};
 
@@ -86,6 +90,7 @@ impl Submission {
 #[derive(Default)]
 pub(crate) struct Counters {
     fsyncs: AtomicU64,
+    checkpoints: AtomicU64,
     batches: AtomicU64,
     messages_written: AtomicU64,
     ops_written: AtomicU64,
@@ -95,6 +100,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> StoreStats {
         StoreStats {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             messages_written: self.messages_written.load(Ordering::Relaxed),
             ops_written: self.ops_written.load(Ordering::Relaxed),
@@ -119,13 +125,31 @@ pub(crate) struct Writer {
     id_ceiling: u64,
     /// The fold map of each commit, kept for the next one.
     writes: Writes,
+    log: CommitLog,
+    /// Shared with readers: what the log holds that fjall does not.
+    overlay: Arc<RwLock<Overlay>>,
+    /// The key changes of the commit in progress, kept for the next one.
+    changes: Vec<Change>,
+    /// When a checkpoint last failed: the next try waits a while (a full disk would otherwise
+    /// make every commit write the whole overlay again).
+    checkpoint_failed: Option<Instant>,
     counters: Arc<Counters>,
+}
+
+/// How long after a failed checkpoint the next one is tried.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
+/// Where the writer writes: the commit log and its overlay first, fjall at checkpoints.
+pub(crate) struct Destination {
+    pub(crate) db: Database,
+    pub(crate) ks: Keyspaces,
+    pub(crate) log: CommitLog,
+    pub(crate) overlay: Arc<RwLock<Overlay>>,
 }
 
 impl Writer {
     pub(crate) fn new(
-        db: Database,
-        ks: Keyspaces,
+        destination: Destination,
         queue: Receiver<Submission>,
         commit_interval: Duration,
         multi_refs: HashMap<MessageId, u32>,
@@ -133,14 +157,18 @@ impl Writer {
         counters: Arc<Counters>,
     ) -> Self {
         Self {
-            db,
-            ks,
+            db: destination.db,
+            ks: destination.ks,
             queue,
             commit_interval,
             multi_refs,
             dropped_queues: HashSet::new(),
             id_ceiling,
             writes: Writes::default(),
+            log: destination.log,
+            overlay: destination.overlay,
+            changes: Vec::new(),
+            checkpoint_failed: None,
             counters,
         }
     }
@@ -167,7 +195,7 @@ impl Writer {
                 }
             }
             let closing = group.iter().any(|s| matches!(s.work, Work::Close));
-            self.commit(&mut group);
+            self.commit(&mut group, closing);
             if closing {
                 break;
             }
@@ -194,8 +222,14 @@ impl Writer {
     }
 
     /// Writes the group as one batch and completes its callbacks.
-    fn commit(&mut self, group: &mut Vec<Submission>) {
-        let outcome = self.write(group.as_mut_slice()).map_err(|error| {
+    /// On `closing`, also checkpoints before the callbacks run, so that a closed store leaves
+    /// nothing in the log.
+    fn commit(&mut self, group: &mut Vec<Submission>, closing: bool) {
+        let mut outcome = self.write(group.as_mut_slice());
+        if closing && outcome.is_ok() {
+            outcome = self.checkpoint();
+        }
+        let outcome = outcome.map_err(|error| {
             tracing::error!(%error, submissions = group.len(), "storage batch failed");
             error.to_string()
         });
@@ -212,12 +246,72 @@ impl Writer {
             };
             complete(callback, result);
         }
+        if !closing && self.checkpoint_due() {
+            let started = Instant::now();
+            match self.checkpoint() {
+                Ok(()) => {
+                    self.checkpoint_failed = None;
+                    tracing::debug!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "commit log checkpointed into fjall"
+                    );
+                }
+                // The log keeps everything; a later commit tries again.
+                Err(error) => {
+                    self.checkpoint_failed = Some(Instant::now());
+                    tracing::error!(%error, "commit log checkpoint failed");
+                }
+            }
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        if self
+            .checkpoint_failed
+            .is_some_and(|at| at.elapsed() < CHECKPOINT_RETRY)
+        {
+            return false;
+        }
+        self.log.len() >= CHECKPOINT_LOG_BYTES
+            || self
+                .overlay
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bytes()
+                >= CHECKPOINT_OVERLAY_BYTES
+    }
+
+    /// Writes the overlay to fjall, durably, then empties it and starts a new log file.
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let overlay = self.overlay.read().unwrap_or_else(PoisonError::into_inner);
+        if !overlay.is_empty() {
+            let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+            overlay.write_into(&mut batch, &self.ks);
+            drop(overlay);
+            batch.commit()?;
+        } else {
+            drop(overlay);
+        }
+        // Only once fjall has it all: a reader holding the read lock saw either.
+        self.overlay
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.log
+            .restart()
+            .map_err(|source| StorageError::CommitLog {
+                path: self.log.dir().to_path_buf(),
+                source,
+            })
     }
 
     fn write(&mut self, group: &mut [Submission]) -> Result<(), StorageError> {
         let expected_ops = group.iter().map(Submission::op_count).sum();
+        let overlay = self.overlay.read().unwrap_or_else(PoisonError::into_inner);
         let mut batch = PendingBatch::new(
             &self.ks,
+            &overlay,
             &self.multi_refs,
             &mut self.dropped_queues,
             &mut self.writes,
@@ -258,12 +352,24 @@ impl Writer {
 
         let ref_changes = if batch.is_empty() {
             drop(batch);
+            drop(overlay);
             RefChanges::default()
         } else {
-            let mut fjall_batch = self.db.batch().durability(Some(PersistMode::SyncData));
-            let ref_changes = batch.write_into(&mut fjall_batch)?;
-            fjall_batch.commit()?;
+            self.changes.clear();
+            self.log.begin();
+            let ref_changes = batch.write_log(&mut self.log, &mut self.changes)?;
+            drop(overlay);
+            self.log
+                .commit()
+                .map_err(|source| StorageError::CommitLog {
+                    path: self.log.dir().to_path_buf(),
+                    source,
+                })?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
+            for (key, value, fresh) in self.changes.drain(..) {
+                overlay.apply(key, value, fresh);
+            }
             ref_changes
         };
 

@@ -7,79 +7,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use warren_storage::{
     IndexEntry, MessageId, MetaKind, Placement, QueueStats, QueuedMessage, Recovery,
-    SEPARATE_MESSAGE_BIT, StorageError, Store, StoreOptions, StoredMessage, WriteOp,
+    SEPARATE_MESSAGE_BIT, StorageError, Store, StoreOptions, WriteOp,
 };
 
-fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreOptions::default()).expect("open store")
-}
-
-fn message(body: &str) -> StoredMessage {
-    StoredMessage {
-        exchange: Bytes::from_static(b"amq.direct"),
-        routing_key: Bytes::from_static(b"key"),
-        properties: Bytes::from_static(&[0x10, 0x00, 0x02]),
-        body: Bytes::copy_from_slice(body.as_bytes()),
-    }
-}
-
-/// Most tests use small literal ids for separate messages: this gives them the placement bit
-/// (and leaves ids that have it alone).
-fn sep(id: MessageId) -> MessageId {
-    id | SEPARATE_MESSAGE_BIT
-}
-
-fn entry(seq: u64, message_id: MessageId) -> IndexEntry {
-    IndexEntry {
-        seq,
-        message_id: sep(message_id),
-        delivery_count: 0,
-        delivered: false,
-        transient: false,
-        size: 10,
-        expires_at: 0,
-    }
-}
-
-fn put(id: MessageId, body: &str, references: u32) -> WriteOp {
-    WriteOp::PutMessage {
-        id: sep(id),
-        message: message(body),
-        references,
-    }
-}
-
-fn enqueue(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
-    WriteOp::Enqueue {
-        queue,
-        entry: entry(seq, message_id),
-        message: None,
-    }
-}
-
-fn remove(queue: u64, seq: u64, message_id: MessageId) -> WriteOp {
-    WriteOp::Remove {
-        queue,
-        seq,
-        message_id: sep(message_id),
-    }
-}
-
-/// Submits and waits for the batch's callback, returning its result.
-fn write(store: &Store, ops: Vec<WriteOp>) -> Result<(), StorageError> {
-    let (tx, rx) = mpsc::channel();
-    store.submit(
-        ops,
-        Some(Box::new(move |result| {
-            tx.send(result).unwrap();
-        })),
-    );
-    rx.recv().unwrap()
-}
-
-fn seqs(entries: &[IndexEntry]) -> Vec<u64> {
-    entries.iter().map(|e| e.seq).collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_put_message_reads_back_once_durable() {
