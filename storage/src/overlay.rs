@@ -2,8 +2,10 @@
 //! every key written since the last checkpoint.
 //!
 //! The writer changes it after each commit's fsync; readers look here before fjall. A key
-//! created since the checkpoint and deleted again simply leaves (fjall never saw it); a key
-//! that fjall may hold stays as a deletion until the checkpoint writes the tombstone.
+//! created since the checkpoint and deleted again simply leaves (fjall never saw it). Deleting
+//! a key that fjall may hold gains nothing from waiting (the tombstone is due anyway), so the
+//! writer puts that tombstone straight into fjall after the fsync and the key leaves here too;
+//! only if that write fails does the deletion stay here until the checkpoint.
 //!
 //! Readers hold the read lock while they also read fjall, and a checkpoint writes fjall before
 //! it empties the overlay: a reader therefore sees each key in one place or the other, and where
@@ -75,12 +77,30 @@ impl Overlay {
         }
     }
 
+    /// Whether deleting `key` must reach fjall: fjall may hold it (`fresh`: the deleting
+    /// commit also created it).
+    pub(crate) fn delete_reaches_fjall(&self, key: &Key, fresh: bool) -> bool {
+        let slot = match key {
+            Key::Meta(key) => self.meta.get(key),
+            Key::Message(id) => self.messages.get(id),
+            Key::Index(queue, seq) => self.index.get(&(*queue, *seq)),
+        };
+        slot.map_or(!fresh, |slot| slot.on_disk)
+    }
+
     /// Records a committed write. `fresh`: the key was created by that commit.
-    pub(crate) fn apply(&mut self, key: Key, value: Option<Slice>, fresh: bool) {
+    /// `fjall_deleted`: a deletion was also written to fjall itself, so none is kept here.
+    pub(crate) fn apply(
+        &mut self,
+        key: Key,
+        value: Option<Slice>,
+        fresh: bool,
+        fjall_deleted: bool,
+    ) {
         let (key_len, old, added) = match key {
             Key::Meta(key) => {
                 let len = key.len();
-                let next = next_slot(self.meta.get(&key), value, fresh);
+                let next = next_slot(self.meta.get(&key), value, fresh, fjall_deleted);
                 let added = next.as_ref().map_or(0, |slot| slot_bytes(len, slot));
                 let old = match next {
                     Some(slot) => self.meta.insert(key, slot),
@@ -89,7 +109,7 @@ impl Overlay {
                 (len, old, added)
             }
             Key::Message(id) => {
-                let next = next_slot(self.messages.get(&id), value, fresh);
+                let next = next_slot(self.messages.get(&id), value, fresh, fjall_deleted);
                 let added = next.as_ref().map_or(0, |slot| slot_bytes(8, slot));
                 let old = match next {
                     Some(slot) => self.messages.insert(id, slot),
@@ -98,7 +118,7 @@ impl Overlay {
                 (8, old, added)
             }
             Key::Index(queue, seq) => {
-                let next = next_slot(self.index.get(&(queue, seq)), value, fresh);
+                let next = next_slot(self.index.get(&(queue, seq)), value, fresh, fjall_deleted);
                 let added = next.as_ref().map_or(0, |slot| slot_bytes(16, slot));
                 let old = match next {
                     Some(slot) => self.index.insert((queue, seq), slot),
@@ -157,14 +177,19 @@ impl Overlay {
     }
 }
 
-fn next_slot(old: Option<&Slot>, value: Option<Slice>, fresh: bool) -> Option<Slot> {
+fn next_slot(
+    old: Option<&Slot>,
+    value: Option<Slice>,
+    fresh: bool,
+    fjall_deleted: bool,
+) -> Option<Slot> {
     let on_disk = old.map_or(!fresh, |slot| slot.on_disk);
     match value {
         Some(value) => Some(Slot {
             value: Some(value),
             on_disk,
         }),
-        None if on_disk => Some(Slot {
+        None if on_disk && !fjall_deleted => Some(Slot {
             value: None,
             on_disk,
         }),

@@ -14,7 +14,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
-use fjall::Slice;
+use fjall::{OwnedWriteBatch, Slice};
 
 use crate::codec::{self, INDEX_VALUE_LEN};
 use crate::commit_log::{CommitLog, Space};
@@ -305,11 +305,13 @@ impl<'a> PendingBatch<'a> {
     }
 
     /// Moves the folded writes into the log's record, and into `changes` for the overlay;
-    /// hands back the reference-count changes, to apply once the record is durable.
+    /// deletions of keys fjall may hold also go into `fjall_deletes`, to be applied once the
+    /// record is durable. Hands back the reference-count changes, also for then.
     pub(crate) fn write_log(
         mut self,
         log: &mut CommitLog,
         changes: &mut Vec<Change>,
+        fjall_deletes: &mut OwnedWriteBatch,
     ) -> Result<RefChanges, StorageError> {
         for (key, pending) in self.writes.drain() {
             let value = match pending.value {
@@ -335,17 +337,20 @@ impl<'a> PendingBatch<'a> {
                     Some(value)
                 }
             };
-            match (&key, &value) {
-                (Key::Meta(k), Some(v)) => log.put(Space::Meta, k, v),
-                (Key::Meta(k), None) => log.delete(Space::Meta, k),
-                (Key::Message(id), Some(v)) => {
-                    log.put(Space::Messages, &codec::message_key(*id), v)
+            // Short keys live inside the `Slice`: no allocation.
+            let (space, key_bytes) = match &key {
+                Key::Meta(k) => (Space::Meta, Slice::from(k.as_slice())),
+                Key::Message(id) => (Space::Messages, Slice::from(&codec::message_key(*id)[..])),
+                Key::Index(q, seq) => (Space::Index, Slice::from(&codec::index_key(*q, *seq)[..])),
+            };
+            match &value {
+                Some(value) => log.put(space, &key_bytes, value),
+                None => {
+                    log.delete(space, &key_bytes);
+                    if self.overlay.delete_reaches_fjall(&key, pending.fresh) {
+                        fjall_deletes.remove(space.keyspace(self.ks), key_bytes);
+                    }
                 }
-                (Key::Message(id), None) => log.delete(Space::Messages, &codec::message_key(*id)),
-                (Key::Index(q, seq), Some(v)) => {
-                    log.put(Space::Index, &codec::index_key(*q, *seq), v)
-                }
-                (Key::Index(q, seq), None) => log.delete(Space::Index, &codec::index_key(*q, *seq)),
             }
             changes.push((key, value, pending.fresh));
         }

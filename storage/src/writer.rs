@@ -291,6 +291,8 @@ impl Writer {
             batch.commit()?;
         } else {
             drop(overlay);
+            // Deletions written straight to fjall since the last sync are in its journal.
+            self.db.persist(PersistMode::SyncData)?;
         }
         // Only once fjall has it all: a reader holding the read lock saw either.
         self.overlay
@@ -357,7 +359,9 @@ impl Writer {
         } else {
             self.changes.clear();
             self.log.begin();
-            let ref_changes = batch.write_log(&mut self.log, &mut self.changes)?;
+            let mut fjall_deletes = self.db.batch();
+            let ref_changes =
+                batch.write_log(&mut self.log, &mut self.changes, &mut fjall_deletes)?;
             drop(overlay);
             self.log
                 .commit()
@@ -366,9 +370,18 @@ impl Writer {
                     source,
                 })?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            // Not synced: the log has these deletions until the checkpoint's sync covers them.
+            let fjall_deleted = fjall_deletes.is_empty()
+                || match fjall_deletes.commit() {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::error!(%error, "deletions stay in the overlay until the next checkpoint");
+                        false
+                    }
+                };
             let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
             for (key, value, fresh) in self.changes.drain(..) {
-                overlay.apply(key, value, fresh);
+                overlay.apply(key, value, fresh, fjall_deleted);
             }
             ref_changes
         };
