@@ -27,6 +27,9 @@ use crate::store::Keyspaces;
 pub(crate) const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
 
 const RECORD_HEADER: usize = 12;
+
+/// The record buffer keeps its memory between commits up to this size.
+const KEPT_RECORD_BYTES: usize = 4 << 20;
 const DELETE: u8 = 0x80;
 const PREFIX: &str = "commit-";
 const SUFFIX: &str = ".log";
@@ -66,6 +69,9 @@ pub(crate) struct CommitLog {
     file: Option<File>,
     /// Bytes of whole records in the file: a failed append is cut back to this.
     len: u64,
+    /// Earlier files of this run that could not be cut back after a failed append: replay
+    /// still needs them until the next checkpoint, which removes them with the current one.
+    abandoned: Vec<PathBuf>,
     record: Vec<u8>,
 }
 
@@ -77,6 +83,7 @@ impl CommitLog {
             epoch,
             file: None,
             len: 0,
+            abandoned: Vec::new(),
             record: Vec::new(),
         }
     }
@@ -91,6 +98,10 @@ impl CommitLog {
 
     /// Starts the record of a new commit.
     pub(crate) fn begin(&mut self) {
+        if self.record.capacity() > KEPT_RECORD_BYTES {
+            // A burst (a deep queue deleted) grew it: give the memory back.
+            self.record = Vec::new();
+        }
         self.record.clear();
         self.record.extend_from_slice(&[0; RECORD_HEADER]);
     }
@@ -134,6 +145,7 @@ impl CommitLog {
                 if let Err(cut) = file.set_len(self.len) {
                     tracing::error!(error = %cut, "cannot cut the commit log back after a failed write; starting a new file");
                     self.file = None;
+                    self.abandoned.push(self.path(self.epoch));
                     self.epoch += 1;
                     self.len = 0;
                 }
@@ -146,13 +158,19 @@ impl CommitLog {
     /// commit starts a new one.
     pub(crate) fn restart(&mut self) -> io::Result<()> {
         self.file = None;
-        let old = self.path(self.epoch);
+        self.abandoned.push(self.path(self.epoch));
         self.epoch += 1;
         self.len = 0;
-        match std::fs::remove_file(&old) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-            _ => Ok(()),
+        // Oldest first: a file left behind by a failure here must never outlive a newer one.
+        while let Some(old) = self.abandoned.first() {
+            match std::fs::remove_file(old) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {
+                    self.abandoned.remove(0);
+                }
+            }
         }
+        Ok(())
     }
 
     fn open_file(&mut self) -> io::Result<()> {

@@ -4,9 +4,9 @@
 //! folds it into one set of key changes, appends that to the commit log and fsyncs once, moves
 //! the changes into the overlay, and then runs the callbacks of that batch in submission
 //! order. Once the log or the overlay has grown past its limit, a checkpoint writes the
-//! overlay to fjall (one batch, `SyncData`) and the log starts over (see `commit_log`). While one fsync is in flight the next
-//! submissions pile up in the queue, so under load batches grow by themselves, and an idle
-//! broker commits at once. With `commit_interval > 0` the writer may linger up to that long for
+//! overlay to fjall (one batch, `SyncData`) and the log starts over (see `commit_log`). While
+//! one fsync is in flight the next submissions pile up in the queue, so under load batches
+//! grow by themselves, and an idle broker commits at once. With `commit_interval > 0` the writer may linger up to that long for
 //! more submissions, but only when it already holds something to commit.
 //!
 //! Message GC also lives here, because only the writer knows the order of every change: an
@@ -135,6 +135,9 @@ pub(crate) struct Writer {
     checkpoint_failed: Option<Instant>,
     counters: Arc<Counters>,
 }
+
+/// The change list keeps its memory between commits up to this many entries.
+const KEPT_CHANGES: usize = 16 * 1024;
 
 /// How long after a failed checkpoint the next one is tried.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
@@ -357,6 +360,9 @@ impl Writer {
             drop(overlay);
             RefChanges::default()
         } else {
+            if self.changes.capacity() > KEPT_CHANGES {
+                self.changes = Vec::new();
+            }
             self.changes.clear();
             self.log.begin();
             let mut fjall_deletes = self.db.batch();
